@@ -1,0 +1,115 @@
+"""Benchmarks: a fixed, recorded slice of prompts with stable ids.
+
+The slice depends on (n_prompts, slice_seed) only, never on the sampling seed, so every
+seed and every method of a sweep sees the same prompts (SPEC §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING
+
+from entrgi.validation import ranged
+
+log = logging.getLogger(__name__)
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    category: str | None = None
+
+
+@dataclass
+class BenchmarkConfig:
+    """The `benchmark` config group."""
+
+    _target_: str = "entrgi.benchmarks.DatasetBenchmark"
+    name: str = MISSING
+    path: str = MISSING
+    split: str = "train"
+    prompt_field: str = "prompt"
+    category_field: str | None = None
+    id_field: str | None = None
+    categories: list[str] = field(default_factory=list)
+    n_prompts: int | None = ranged(None, low=1, optional=True)
+    slice_seed: int = 0
+
+
+class DatasetBenchmark:
+    """Prompts from a Hub dataset id, a local dataset folder, or a JSON/JSONL/parquet/CSV file.
+
+    Loading goes through `datasets`, so Hub ids use its cache and honour HF_DATASETS_OFFLINE.
+    Rows without an id field are named `{split}-{row index}`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        split: str = "train",
+        prompt_field: str = "prompt",
+        category_field: str | None = None,
+        id_field: str | None = None,
+        categories: list[str] | tuple[str, ...] = (),
+        n_prompts: int | None = None,
+        slice_seed: int = 0,
+    ):
+        self.name = name
+        self.path = path
+        self.split = split
+        self.prompt_field = prompt_field
+        self.category_field = category_field
+        self.id_field = id_field
+        self.categories = list(categories)
+        self.n_prompts = n_prompts
+        self.slice_seed = slice_seed
+
+    def _load_rows(self):
+        import datasets  # imported here: it is slow to import and only needed at load time
+
+        suffix = Path(self.path).suffix.lower()
+        if Path(self.path).is_file() and suffix in _FILE_BUILDERS:
+            return datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=self.path, split="train")
+        return datasets.load_dataset(self.path, split=self.split)
+
+    def prompts(self) -> list[Prompt]:
+        """The slice: category filter, empty and duplicate prompts dropped, then n_prompts drawn."""
+        rows = self._load_rows()
+        for key in (self.prompt_field, self.category_field, self.id_field):
+            if key is not None and key not in rows.column_names:
+                raise KeyError(
+                    f"benchmark field {key!r} not in {self.path} (columns: {', '.join(rows.column_names)})"
+                )
+        wanted = set(self.categories)
+        seen: set[str] = set()
+        kept, empty, duplicate = [], 0, 0
+        for index, row in enumerate(rows):
+            category = str(row[self.category_field]) if self.category_field else None
+            if wanted and category not in wanted:
+                continue
+            text = row[self.prompt_field]
+            if not isinstance(text, str) or not text.strip():
+                empty += 1
+                continue
+            if text in seen:
+                duplicate += 1
+                continue
+            seen.add(text)
+            pid = str(row[self.id_field]) if self.id_field else f"{self.split}-{index}"
+            kept.append(Prompt(id=pid, text=text, category=category))
+        if empty or duplicate:
+            log.warning("benchmark %s: dropped %d empty and %d duplicate prompts", self.name, empty, duplicate)
+        if self.n_prompts is not None and self.n_prompts < len(kept):
+            chosen = sorted(random.Random(self.slice_seed).sample(range(len(kept)), self.n_prompts))
+            kept = [kept[i] for i in chosen]
+        if not kept:
+            raise ValueError(f"benchmark {self.name}: no prompts left after filtering {self.path}")
+        return kept

@@ -1,0 +1,69 @@
+"""Finding model weights: a local folder, the Hugging Face cache, or the Hub when reachable.
+
+A missing 7B checkpoint must fail in seconds with a message that says what to do, not after
+half a minute of HTTP retries or after another model has been loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+# What a model folder needs; skips optimizer states, other formats and README images.
+_WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights named by a config key cannot be found or fetched."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_checkpoint(name_or_path: str, key: str) -> Path:
+    """Return a local folder holding `name_or_path`, downloading only when the Hub is reachable."""
+    local = Path(os.path.expanduser(name_or_path))
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise WeightsUnavailable(f"{key}={name_or_path!r} is a folder without config.json")
+        return local
+    if local.is_absolute() or name_or_path.startswith("."):
+        raise WeightsUnavailable(f"{key}={name_or_path!r}: no such folder")
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=_WEIGHT_PATTERNS, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub is unreachable"
+        raise WeightsUnavailable(
+            f"{key}={name_or_path!r} is not a local folder nor in the Hugging Face cache, and {why}. "
+            f"Fetch it where the Hub is reachable (`hf download {name_or_path}`) and copy the cache "
+            f"over, or set {key}=/path/to/folder; for the offline tiny setup run with experiment=tiny."
+        )
+    return Path(snapshot_download(name_or_path, allow_patterns=_WEIGHT_PATTERNS))
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` means the current CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on accelerators (the paper's setting) and float32 on the CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type != "cpu" else torch.float32
+    return getattr(torch, dtype)

@@ -1,0 +1,75 @@
+"""Structured configs: the run schema and each group's schema, registered in Hydra's ConfigStore.
+
+Group YAML files extend these schemas (`defaults: [/schema/<group>/<name>@_here_]`), so a
+misspelt key or a wrong type fails at composition, and `entrgi.validation` checks ranges
+before any model loads. Importing this module also registers the `entrgi.*` resolvers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from entrgi.benchmarks import BenchmarkConfig
+from entrgi.guidance import GuidanceConfig
+from entrgi.loggers import WandbLoggerConfig
+from entrgi.models import DiffusionLMConfig
+from entrgi.rewards import RewardModelConfig
+from entrgi.sampler import SamplerConfig
+from entrgi.schedule import ScheduleConfig
+
+
+@dataclass
+class NullLoggerConfig:
+    _target_: str = "entrgi.loggers.NullLogger"
+
+
+@dataclass
+class RunConfig:
+    """The root config. Group nodes are typed by their own schemas."""
+
+    model: Any = MISSING
+    reward: Any = MISSING
+    guidance: Any = MISSING
+    schedule: Any = MISSING
+    benchmark: Any = MISSING
+    logger: Any = MISSING
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    seed: int = 1
+    name: str = "default"
+
+
+def _tiny_world_path(part: str) -> str:
+    from entrgi.tiny_world import ensure_tiny_world
+
+    return str(ensure_tiny_world()[part])
+
+
+def _data_file(name: str) -> str:
+    return str(resources.files("entrgi") / "data" / name)
+
+
+def register() -> None:
+    """Put the schemas in the ConfigStore and the resolvers in OmegaConf (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    schemas = {
+        "model": DiffusionLMConfig,
+        "reward": RewardModelConfig,
+        "guidance": GuidanceConfig,
+        "schedule": ScheduleConfig,
+        "benchmark": BenchmarkConfig,
+        "logger": WandbLoggerConfig,
+    }
+    for group, node in schemas.items():
+        cs.store(group=f"schema/{group}", name="base", node=node)
+    cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
+    OmegaConf.register_new_resolver("entrgi.tiny_world", _tiny_world_path, replace=True)
+    OmegaConf.register_new_resolver("entrgi.data", _data_file, replace=True)
+
+
+register()

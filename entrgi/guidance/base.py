@@ -1,0 +1,52 @@
+"""The guidance hook: what happens to the masked logits at each denoising step.
+
+The sampler calls `begin_batch` once per batch of prompts and `steer` once per step; it has
+no method-specific branches, so a new method is a new subclass plus a YAML file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from entrgi.noise import TrajectoryNoise
+
+
+@dataclass
+class GuidanceContext:
+    """What a guidance method may read at one denoising step."""
+
+    step: int
+    response: torch.Tensor  # [N, L] current response tokens, masks included
+    masked: torch.Tensor  # [N, L] bool, still-masked positions
+    noise: TrajectoryNoise
+
+
+@dataclass
+class Steered:
+    """Guided logits and per-step statistics (0-d tensors, kept on the device)."""
+
+    logits: torch.Tensor
+    stats: dict[str, torch.Tensor]
+
+
+@dataclass
+class GuidanceConfig:
+    """The `guidance` config group; methods add their own fields."""
+
+    _target_: str = "entrgi.guidance.NoGuidance"
+
+
+class Guidance:
+    """Base class: leaves the logits as they are."""
+
+    def begin_batch(self, prompts: list[str], num_samples: int) -> None:
+        """Prepare per-prompt state (e.g. reward template parts) for a new batch."""
+
+    def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
+        return Steered(logits=logits, stats={})
+
+
+class NoGuidance(Guidance):
+    """Plain sampling: with K samples and the best kept by reward, this is Best-of-N."""

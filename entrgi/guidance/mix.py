@@ -1,0 +1,167 @@
+"""What the reward model sees at a masked position (SPEC §1, §2 step 3, §5).
+
+Pure tensor functions, no model inside. The three input rules of the paper share one
+code path: the RM input is ê = ẽ + sg(w·(ē − ẽ)) with a per-position weight w
+(soft: w ≡ 0, APS/STE: w ≡ 1, EntRGi: w = normalised entropy). The two samplers at the
+bottom take their randomness as explicit uniforms so that callers can make sampling
+batch-invariant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MixOutput",
+    "MixRule",
+    "entropy",
+    "entropy_weight",
+    "mix_weight",
+    "relaxed_embeddings",
+]
+
+
+class MixRule(str, Enum):
+    """Which weight w bridges soft (ẽ) and hard (ē) embeddings; the value is the CLI name."""
+
+    SOFT = "soft"  # w ≡ 0: continuous relaxation, exact gradient, off-distribution input
+    APS = "aps"  # w ≡ 1: straight-through, real tokens, gradient taken elsewhere
+    ENTRGI = "entrgi"  # w = H / log V: the paper's entropy-aware interpolation
+
+    @classmethod
+    def parse(cls, rule: str | MixRule) -> MixRule:
+        """Accept the enum or its string name; fail loudly with the allowed names."""
+        try:
+            return cls(rule)
+        except ValueError:
+            allowed = ", ".join(repr(r.value) for r in cls)
+            raise ValueError(f"unknown mix rule {rule!r}; allowed: {allowed}") from None
+
+
+@dataclass(frozen=True)
+class MixOutput:
+    """RM input at masked positions plus the per-position diagnostics of SPEC §5."""
+
+    embeds: Tensor  # ê [..., d], dtype of the embedding table; gradient flows only via ẽ
+    entropy: Tensor  # H of softmax(φ) (untempered), nats, float32, detached [...]
+    weight: Tensor  # w, float32, detached [...]
+    approx_error: Tensor  # E = ‖ê − ẽ‖₂, float32, detached [...]
+    ood_distance: Tensor  # D = ‖ê − ē‖₂, float32, detached [...]
+
+
+def _entropy_from_log_probs(log_probs: Tensor) -> Tensor:
+    """Shannon entropy from log-probabilities, with 0·log 0 = 0 so -inf logits are safe."""
+    probs = log_probs.exp()
+    plogp = torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs))
+    return -plogp.sum(dim=-1)
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """H(softmax(logits)) in nats over the last dim, float32 and detached.
+
+    Detached because it is a measurement and the EntRGi weight is stop-gradient anyway.
+    """
+    log_probs = torch.log_softmax(logits.detach().float(), dim=-1)
+    return _entropy_from_log_probs(log_probs)
+
+
+def _normalise_entropy(ent: Tensor, vocab_size: int) -> Tensor:
+    """Divide by the maximum entropy log V so the weight lies in [0, 1]."""
+    if vocab_size < 2:
+        raise ValueError(f"normalised entropy needs a vocabulary of >= 2 tokens, got {vocab_size}")
+    return (ent / math.log(vocab_size)).clamp_(0.0, 1.0)
+
+
+def entropy_weight(logits: Tensor) -> Tensor:
+    """EntRGi weight w = H(softmax(φ)) / log V of the *untempered* logits, float32, detached.
+
+    Clamped to [0, 1] only to absorb float rounding at the uniform distribution.
+    """
+    return _normalise_entropy(entropy(logits), logits.shape[-1])
+
+
+def mix_weight(
+    rule: str | MixRule, logits: Tensor, *, entropy_nats: Tensor | None = None
+) -> Tensor:
+    """Per-position weight w [logits.shape[:-1]] for `rule`, float32 and detached.
+
+    Pass `entropy_nats` (of the untempered logits) when already computed, to skip a softmax.
+    """
+    parsed = MixRule.parse(rule)
+    shape = logits.shape[:-1]
+    if parsed is MixRule.SOFT:
+        return torch.zeros(shape, dtype=torch.float32, device=logits.device)
+    if parsed is MixRule.APS:
+        return torch.ones(shape, dtype=torch.float32, device=logits.device)
+    if entropy_nats is None:
+        return entropy_weight(logits)
+    return _normalise_entropy(entropy_nats.detach().float(), logits.shape[-1])
+
+
+def relaxed_embeddings(
+    logits: Tensor,
+    embedding_table: Tensor,
+    hard_tokens: Tensor,
+    weight: Tensor,
+    temperature: float,
+    *,
+    entropy_nats: Tensor | None = None,
+) -> MixOutput:
+    """RM input ê = ẽ + sg(w·(ē − ẽ)) with ẽ = softmax(φ/τ) @ E and ē = E[x].
+
+    Shapes: logits φ [..., V], embedding_table E [V, d] (RM rows in dLLM vocabulary
+    order), hard_tokens x [...], weight w [...]. `entropy_nats` (of the untempered φ)
+    may be passed in to avoid recomputing it.
+
+    Dtype: ẽ is computed in E's dtype (probabilities are cast, the table is not), because
+    the RM consumes that dtype and a float32 copy of a 152k×d table per call would cost
+    gigabytes; the cast is differentiable, so ∂ê/∂φ is exactly ∂ẽ/∂φ up to that rounding.
+    The forward value is built as sg((1 − w)·ẽ + w·ē) + (ẽ − sg(ẽ)), which equals the
+    formula above but makes w = 0 give exactly ẽ and w = 1 exactly ē. The table is
+    detached: the RM is frozen and only φ is optimised.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    lead, vocab = logits.shape[:-1], logits.shape[-1]
+    if embedding_table.dim() != 2 or embedding_table.shape[0] != vocab:
+        raise ValueError(
+            f"embedding_table must be [V={vocab}, d], got {tuple(embedding_table.shape)}"
+        )
+    if hard_tokens.shape != lead or weight.shape != lead:
+        raise ValueError(
+            f"hard_tokens {tuple(hard_tokens.shape)} and weight {tuple(weight.shape)} "
+            f"must both have shape {tuple(lead)}"
+        )
+    table = embedding_table.detach()
+
+    log_q = torch.log_softmax(logits.float() / temperature, dim=-1)
+    soft = log_q.exp().to(table.dtype) @ table  # ẽ [..., d], differentiable w.r.t. φ
+    hard = table[hard_tokens]  # ē [..., d]
+    if entropy_nats is None:
+        # At τ = 1 the tempered and untempered softmax coincide: reuse it.
+        ent = _entropy_from_log_probs(log_q.detach()) if temperature == 1 else entropy(logits)
+    else:
+        ent = entropy_nats.detach().float()
+
+    w = weight.detach().float().unsqueeze(-1)
+    soft_value = soft.detach().float()
+    hard_value = hard.float()
+    mixed = (1.0 - w) * soft_value + w * hard_value
+    embeds = mixed.to(table.dtype) + (soft - soft.detach())
+
+    with torch.no_grad():
+        fed = embeds.detach().float()
+        approx_error = torch.linalg.vector_norm(fed - soft_value, dim=-1)
+        ood_distance = torch.linalg.vector_norm(fed - hard_value, dim=-1)
+    return MixOutput(
+        embeds=embeds,
+        entropy=ent,
+        weight=w.squeeze(-1),
+        approx_error=approx_error,
+        ood_distance=ood_distance,
+    )

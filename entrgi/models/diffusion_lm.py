@@ -1,0 +1,128 @@
+"""The frozen masked diffusion LM: tokenizer, special ids and logits over a canvas.
+
+Per-model semantics (mask id, logit shift, which transformers class holds the weights) are
+config data, so the sampler never branches on the model family. Dream-v0 ships Qwen2-layout
+weights behind remote code; loading them into transformers' own Qwen2 classes with the
+causal flag turned off gives the same network without executing downloaded code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from omegaconf import MISSING
+from transformers.masking_utils import create_bidirectional_mask
+
+from entrgi.checkpoints import resolve_checkpoint, resolve_device, resolve_dtype
+from entrgi.validation import one_of
+
+# Keys of a remote-code config.json that must not reach transformers' own config class.
+_REMOTE_CONFIG_KEYS = ("model_type", "auto_map", "architectures", "transformers_version")
+
+
+@dataclass
+class DiffusionLMConfig:
+    """The `model` config group."""
+
+    _target_: str = "entrgi.models.DiffusionLM"
+    path: str = MISSING
+    backbone: str = "Qwen2ForCausalLM"
+    tokenizer_class: str | None = None
+    mask_token_id: int | None = None
+    eos_token_id: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    logit_shift: bool = True
+    device: str = "auto"
+    dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+
+
+class DiffusionLM:
+    """Bidirectional logits of a masked diffusion LM, loaded with `from_pretrained`.
+
+    Args:
+        path: Hub id or local folder.
+        backbone: transformers class whose weight layout the checkpoint has.
+        tokenizer_class: transformers tokenizer class to use instead of the one the
+            checkpoint names (Dream names a remote-code class).
+        mask_token_id, eos_token_id: override the ids in the checkpoint's config.json.
+        stop_token_ids: extra ids that end a decoded response (e.g. end-of-turn).
+        logit_shift: position j reads the output at j-1 (Dream) or its own (LLaDA).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        backbone: str = "Qwen2ForCausalLM",
+        tokenizer_class: str | None = None,
+        mask_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        stop_token_ids: list[int] | tuple[int, ...] = (),
+        logit_shift: bool = True,
+        device: str = "auto",
+        dtype: str = "auto",
+    ):
+        folder = resolve_checkpoint(path, "model.path")
+        self.device = resolve_device(device)
+        raw = json.loads((folder / "config.json").read_text())
+        model_cls = getattr(transformers, backbone)
+        config = model_cls.config_class(**{k: v for k, v in raw.items() if k not in _REMOTE_CONFIG_KEYS})
+        self.network = model_cls.from_pretrained(folder, config=config, dtype=resolve_dtype(dtype, self.device))
+        self.network.to(self.device).eval().requires_grad_(False)
+        for module in self.network.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = False
+
+        tok_cls = getattr(transformers, tokenizer_class) if tokenizer_class else transformers.AutoTokenizer
+        self.tokenizer = tok_cls.from_pretrained(folder)
+        self.mask_token_id = _first_set(mask_token_id, raw.get("mask_token_id"), self.tokenizer.mask_token_id)
+        self.eos_token_id = _first_set(eos_token_id, raw.get("eos_token_id"), self.tokenizer.eos_token_id)
+        self.pad_token_id = _first_set(raw.get("pad_token_id"), self.tokenizer.pad_token_id, self.eos_token_id)
+        if self.mask_token_id is None:
+            raise ValueError(f"model.mask_token_id is not set and {path} defines no mask token")
+        self.stop_token_ids = sorted({self.eos_token_id, *stop_token_ids})
+        self.logit_shift = logit_shift
+        self.vocab_size = self.network.get_output_embeddings().weight.shape[0]
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of the prompt in the model's chat template, ready for the response."""
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, response_ids: list[int]) -> str:
+        """Text of a response up to (not including) its first stop token."""
+        stops = set(self.stop_token_ids)
+        cut = next((i for i, tok in enumerate(response_ids) if tok in stops), len(response_ids))
+        return self.tokenizer.decode(response_ids[:cut], skip_special_tokens=True)
+
+    @torch.no_grad()
+    def logits(self, canvas: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Float32 logits [N, S - start, V] for canvas positions start..S-1.
+
+        Attention is bidirectional with padding hidden on the key side; positions count
+        real tokens only, so left padding does not move a prompt. The LM head runs only
+        where logits are needed.
+        """
+        embeds = self.network.get_input_embeddings()(canvas)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        mask = create_bidirectional_mask(
+            config=self.network.config, inputs_embeds=embeds, attention_mask=attention_mask
+        )
+        hidden = self.network.get_decoder()(
+            inputs_embeds=embeds, attention_mask={"full_attention": mask}, position_ids=position_ids
+        ).last_hidden_state
+        first = start - 1 if self.logit_shift else start
+        last = hidden.shape[1] - 1 if self.logit_shift else hidden.shape[1]
+        if first < 0:  # position 0 keeps its own output under the shift
+            hidden = torch.cat([hidden[:, :1], hidden[:, :last]], dim=1)
+        else:
+            hidden = hidden[:, first:last]
+        return self.network.get_output_embeddings()(hidden).float()
+
+
+def _first_set(*values):
+    return next((v for v in values if v is not None), None)

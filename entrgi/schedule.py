@@ -1,0 +1,117 @@
+"""Unmasking schedules: the timestep grid and which masked positions are committed each step.
+
+The grid is t_i = linspace(1, eps, T+1), step i going from t_i to t_{i+1}. The rule names
+follow Dream's ``diffusion_generate``. A rule is only a confidence function;
+how many positions are committed, how ties and EOS are treated and how ``alg_temp`` draws
+positions are shared by all rules, so a new rule is one small subclass plus a YAML file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from entrgi.noise import Stream, TrajectoryNoise
+from entrgi.validation import one_of, ranged
+
+# Rank key of a masked position whose sampled token is EOS: below every real confidence,
+# above the committed positions (which get -inf and are never chosen).
+_EOS_CONFIDENCE = torch.finfo(torch.float32).min / 4
+
+
+@dataclass
+class ScheduleConfig:
+    """Fields shared by every unmasking rule (the `schedule` config group)."""
+
+    _target_: str = "entrgi.schedule.EntropySchedule"
+    steps: int = ranged(128, low=1)
+    eps: float = ranged(1e-3, low=0.0, high=1.0, low_open=True, high_open=True)
+    alg_temp: float = ranged(0.0, low=0.0)
+    deprioritize_eos: bool = True
+    # Which logits rank the positions: the dLLM's own ("unguided", the reference) or the
+    # guided ones. Tokens are always sampled from the guided logits.
+    order_from: str = one_of("unguided", "unguided", "guided")
+
+
+class UnmaskSchedule:
+    """Commit a number of masked positions per step, chosen by confidence."""
+
+    def __init__(
+        self,
+        steps: int = 128,
+        eps: float = 1e-3,
+        alg_temp: float = 0.0,
+        deprioritize_eos: bool = True,
+        order_from: str = "unguided",
+    ):
+        self.steps = steps
+        self.eps = eps
+        self.alg_temp = alg_temp
+        self.deprioritize_eos = deprioritize_eos
+        self.order_from = order_from
+        # Plain floats, computed once: reading them in the loop costs no device sync.
+        self.grid = [1.0 + (eps - 1.0) * i / steps for i in range(steps + 1)]
+
+    def confidence(self, probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-position confidence [N, L] from the ordering distribution [N, L, V]; higher first."""
+        raise NotImplementedError
+
+    def commit_mask(
+        self,
+        masked: torch.Tensor,
+        tokens: torch.Tensor,
+        order_probs: torch.Tensor,
+        step: int,
+        noise: TrajectoryNoise,
+        eos_token_id: int,
+    ) -> torch.Tensor:
+        """Boolean [N, L]: the masked positions whose sampled token is committed at `step`."""
+        t, s = self.grid[step], self.grid[step + 1]
+        last = step == self.steps - 1
+        n_masked = masked.sum(dim=-1)
+        n_commit = n_masked if last else torch.floor(n_masked * (1.0 - s / t)).to(n_masked.dtype)
+
+        score = self.confidence(order_probs, tokens).to(torch.float32)
+        if self.alg_temp > 0:  # sampling without replacement from softmax(score / alg_temp)
+            score = score / self.alg_temp + noise.gumbel(Stream.ORDER, step, score.shape[-1])
+        if self.deprioritize_eos:
+            score = torch.where(tokens == eos_token_id, torch.full_like(score, _EOS_CONFIDENCE), score)
+        score = torch.where(masked, score, torch.full_like(score, float("-inf")))
+        order = score.argsort(dim=-1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(
+            -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
+        )
+        return masked & (rank < n_commit[:, None])
+
+
+class OriginSchedule(UnmaskSchedule):
+    """Each masked position is revealed independently with probability 1 - s/t."""
+
+    def commit_mask(self, masked, tokens, order_probs, step, noise, eos_token_id):
+        if step == self.steps - 1:
+            return masked.clone()
+        p_reveal = 1.0 - self.grid[step + 1] / self.grid[step]
+        return masked & (noise.uniform(Stream.REVEAL, step, masked.shape[-1]) < p_reveal)
+
+
+class MaskGitPlusSchedule(UnmaskSchedule):
+    """Confidence = probability of the sampled token (LLaDA's `low_confidence` is this on argmax)."""
+
+    def confidence(self, probs, tokens):
+        return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+class TopKMarginSchedule(UnmaskSchedule):
+    """Confidence = top-1 minus top-2 probability."""
+
+    def confidence(self, probs, tokens):
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+
+
+class EntropySchedule(UnmaskSchedule):
+    """Confidence = sum p log p (negative entropy): the most certain positions go first."""
+
+    def confidence(self, probs, tokens):
+        return torch.xlogy(probs, probs).sum(dim=-1)

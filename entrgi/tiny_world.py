@@ -1,0 +1,160 @@
+"""The offline tiny world: a Dream-format dLLM and a Qwen3 reward model, small enough for CI.
+
+Both are written in the real on-disk formats (config.json with the real keys, tokenizer
+files with the real special tokens, safetensors) and loaded by the same `from_pretrained`
+code a 7B checkpoint goes through. Each has its own byte-level BPE tokenizer trained on
+text made here, so the two vocabularies differ as Dream's and Qwen3's do and the
+vocabulary bridge is exercised for real. Built once per machine, then cached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForSequenceClassification,
+)
+
+VERSION = "tiny-world-v1"
+
+DREAM_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and message.role != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+# Qwen3 renders an (empty) think block before the final assistant answer.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.role == 'assistant' %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{{- message.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+_SUBJECTS = ["cat", "dog", "river", "mountain", "robot", "teacher", "garden", "city", "star", "ship"]
+_ADJECTIVES = ["small", "bright", "quiet", "happy", "old", "green", "fast", "gentle", "strange", "warm"]
+_VERBS = ["sees", "builds", "likes", "finds", "helps", "follows", "paints", "remembers"]
+_ASKS = [
+    "Describe the {a} {s}.",
+    "Write one sentence about a {s}.",
+    "Why is the {s} {a}?",
+    "What does the {s} do?",
+    "Tell me a short story about a {a} {s}.",
+]
+
+
+def corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
+    """Short instructions and answers built from a small grammar, deterministic by seed."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        s, s2 = rng.choice(_SUBJECTS), rng.choice(_SUBJECTS)
+        a, v = rng.choice(_ADJECTIVES), rng.choice(_VERBS)
+        lines.append(rng.choice(_ASKS).format(a=a, s=s))
+        lines.append(f"The {a} {s} {v} the {s2}. It is {rng.choice(_ADJECTIVES)} and {a}.")
+        lines.append(f"{rng.randint(0, 99)} plus {rng.randint(0, 99)} is a number, and the {s} knows it!")
+    return lines
+
+
+def _train_tokenizer(text: list[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(text, trainer=trainer)
+    tokenizer.add_special_tokens(special_tokens)  # appended after the BPE vocabulary, as in Qwen
+    return tokenizer
+
+
+def _write_dllm(folder: Path, text: list[str]) -> None:
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
+    raw = _train_tokenizer(text, vocab_size=420, special_tokens=specials)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw, eos_token="<|endoftext|>", pad_token="<|endoftext|>", mask_token="<|mask|>"
+    )
+    tok.chat_template = DREAM_CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    ids = {name: raw.token_to_id(name) for name in specials}
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=raw.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    # Rewrite config.json as Dream ships it: its own model_type, remote-code auto_map, mask id.
+    dream = json.loads((folder / "config.json").read_text())
+    dream.update(
+        model_type="Dream", architectures=["DreamModel"], mask_token_id=ids["<|mask|>"],
+        auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+    )
+    (folder / "config.json").write_text(json.dumps(dream, indent=2, sort_keys=True))
+    tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tok_config.update(
+        tokenizer_class="DreamTokenizer",
+        auto_map={"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+    )
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, sort_keys=True))
+
+
+def _write_reward(folder: Path, text: list[str]) -> None:
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    raw = _train_tokenizer(text, vocab_size=360, special_tokens=specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    torch.manual_seed(1)
+    config = Qwen3Config(
+        vocab_size=raw.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+        tie_word_embeddings=False, num_labels=1, pad_token_id=raw.token_to_id("<|endoftext|>"),
+        eos_token_id=raw.token_to_id("<|im_end|>"),
+    )
+    Qwen3ForSequenceClassification(config).save_pretrained(folder)
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("ENTRGI_CACHE", Path.home() / ".cache" / "entrgi"))
+
+
+def ensure_tiny_world(root: Path | None = None) -> dict[str, Path]:
+    """Folders of the tiny dLLM and RM, building them once (safe under concurrent jobs)."""
+    root = Path(root or default_root())
+    target = root / VERSION
+    paths = {"dllm": target / "dream-tiny", "reward": target / "skywork-tiny"}
+    if (target / "complete").is_file():
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{VERSION}.lock")):
+        if (target / "complete").is_file():
+            return paths
+        staging = Path(tempfile.mkdtemp(prefix=f"{VERSION}.", dir=root))
+        staging.chmod(0o755)
+        text = corpus()
+        _write_dllm(staging / "dream-tiny", text)
+        _write_reward(staging / "skywork-tiny", text)
+        (staging / "complete").write_text(VERSION + "\n")
+        if target.exists():  # a half-built leftover from an interrupted build
+            shutil.rmtree(target)
+        staging.rename(target)
+    return paths

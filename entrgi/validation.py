@@ -1,0 +1,89 @@
+"""Value checks declared next to config fields, run before any model loads.
+
+OmegaConf already enforces types; ranges and allowed values live in the field metadata of
+the structured configs so that a wrong value fails with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+_CHECK = "entrgi_check"
+
+
+class ConfigError(ValueError):
+    """A config value outside what the framework accepts; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        left = "-inf" if self.low is None else f"{self.low}"
+        right = "inf" if self.high is None else f"{self.high}"
+        lb = "(" if self.low_open or self.low is None else "["
+        rb = ")" if self.high_open or self.high is None else "]"
+        return f"a value in {lb}{left}, {right}{rb}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    values: tuple[Any, ...]
+
+    def accepts(self, value: Any) -> bool:
+        return value in self.values
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+def ranged(default: Any, *, low=None, high=None, low_open=False, high_open=False, optional=False):
+    """A dataclass field whose value must lie in a range (None allowed when `optional`)."""
+    return field(default=default, metadata={_CHECK: Range(low, high, low_open, high_open), "optional": optional})
+
+
+def one_of(default: Any, *values: Any):
+    """A dataclass field whose value must be one of `values`."""
+    return field(default=default, metadata={_CHECK: OneOf(tuple(values))})
+
+
+def validate(cfg: DictConfig, prefix: str = "") -> None:
+    """Check every declared range in a composed config; raise ConfigError on the first bad key."""
+    schema = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(schema):
+        for f in dataclasses.fields(schema):
+            rule = f.metadata.get(_CHECK)
+            if rule is None or f.name not in cfg:
+                continue
+            value = cfg[f.name]
+            if value is None and f.metadata.get("optional"):
+                continue
+            if not rule.accepts(value):
+                raise ConfigError(f"{prefix}{f.name}={value!r} is not allowed: expected {rule.describe()}")
+    for key in cfg.keys():
+        if str(key).startswith("_") or OmegaConf.is_missing(cfg, key):
+            continue
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            validate(child, f"{prefix}{key}.")
+        elif isinstance(child, ListConfig):
+            for i, item in enumerate(child):
+                if isinstance(item, DictConfig):
+                    validate(item, f"{prefix}{key}[{i}].")
