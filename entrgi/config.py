@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from entrgi.benchmarks import BenchmarkConfig
-from entrgi.guidance import GuidanceConfig
+from entrgi.guidance import GuidanceConfig, RewardGradientConfig
 from entrgi.loggers import WandbLoggerConfig
 from entrgi.models import DiffusionLMConfig
 from entrgi.rewards import RewardModelConfig
@@ -68,6 +68,7 @@ def register() -> None:
     for group, node in schemas.items():
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
+    cs.store(group="schema/guidance", name="reward_gradient", node=RewardGradientConfig)
     OmegaConf.register_new_resolver("entrgi.tiny_world", _tiny_world_path, replace=True)
     OmegaConf.register_new_resolver("entrgi.data", _data_file, replace=True)
 

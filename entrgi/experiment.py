@@ -50,8 +50,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     model = instantiate(cfg.model)
     reward: RewardModel = instantiate(cfg.reward)
-    guidance = instantiate(cfg.guidance, model=model, reward=reward, _recursive_=False) \
-        if "model" in cfg.guidance else instantiate(cfg.guidance)
+    guidance = instantiate(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler(
         model, instantiate(cfg.schedule), guidance,
         num_samples=cfg.sampler.num_samples, max_new_tokens=cfg.sampler.max_new_tokens,
@@ -62,6 +61,9 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     summary = None
     try:
         summary = _generate_all(cfg, prompts, sampler, reward, run_dir, logger)
+        summary.update(guidance.summary())
+        for name, content in guidance.artifacts().items():
+            run_dir.write_json(name, content)
         run_dir.write_summary(summary)
         return summary
     finally:
@@ -72,6 +74,7 @@ def _generate_all(cfg, prompts, sampler, reward, run_dir, logger) -> dict[str, A
     k, batch_size = cfg.sampler.num_samples, cfg.sampler.batch_size
     started = time.perf_counter()
     top1, avgk = [], []
+    step_means: dict[str, list[float]] = {}
     progress = tqdm(total=len(prompts), desc=f"{cfg.name} prompts", unit="prompt")
     for first in range(0, len(prompts), batch_size):
         batch = prompts[first : first + batch_size]
@@ -83,6 +86,10 @@ def _generate_all(cfg, prompts, sampler, reward, run_dir, logger) -> dict[str, A
         ]
         run_dir.append_samples(records)
         run_dir.append_steps([{"batch": first // batch_size, **row} for row in generation.steps])
+        for row in generation.steps:
+            for key in ("entropy_mean", "w_mean", "E_mean", "D_mean"):
+                if key in row:
+                    step_means.setdefault(key, []).append(row[key])
         top1 += [r["top1"] for r in records]
         avgk += [r["avgk"] for r in records]
         logger.log({"top1_running_mean": sum(top1) / len(top1), "prompts_done": len(top1)})
@@ -97,4 +104,6 @@ def _generate_all(cfg, prompts, sampler, reward, run_dir, logger) -> dict[str, A
         "benchmark": cfg.benchmark.name,
         "seed": cfg.seed,
         "wall_seconds": time.perf_counter() - started,
+        # Means over guided steps of the per-step means over masked positions.
+        **{key: sum(values) / len(values) for key, values in step_means.items()},
     }

@@ -81,7 +81,7 @@ class DiffusionSampler:
         canvas, attention = self.build_canvas([self.model.encode_prompt(p) for p in prompts])
         start = canvas.shape[1] - self.max_new_tokens
         noise = TrajectoryNoise.for_prompts(seed, prompt_ids, self.num_samples, device=canvas.device)
-        self.guidance.begin_batch(prompts, self.num_samples)
+        self.guidance.begin_batch(prompts, self.num_samples, self.max_new_tokens)
         length = self.max_new_tokens
         per_step = []
         for step in tqdm(range(self.schedule.steps), desc="denoising", leave=False, disable=not progress):
@@ -102,12 +102,14 @@ class DiffusionSampler:
 
 
 def _steps_to_host(per_step: list[dict[str, torch.Tensor]], schedule: UnmaskSchedule) -> list[dict[str, float]]:
-    """One device-to-host copy per statistic after the loop, instead of one per step."""
-    if not per_step:
-        return []
+    """One device-to-host copy per statistic after the loop, instead of one per step.
+
+    Steps may carry different statistics (e.g. only every k-th step is guided).
+    """
     rows = [{"step": i, "t": schedule.grid[i], "s": schedule.grid[i + 1]} for i in range(len(per_step))]
-    for key in per_step[0]:
-        values = torch.stack([s[key] for s in per_step]).float().cpu()
-        for row, value in zip(rows, values, strict=True):
-            row[key] = value.tolist()
+    for key in dict.fromkeys(k for stats in per_step for k in stats):
+        where = [i for i, stats in enumerate(per_step) if key in stats]
+        values = torch.stack([per_step[i][key] for i in where]).float().cpu().tolist()
+        for i, value in zip(where, values, strict=True):
+            rows[i][key] = value
     return rows

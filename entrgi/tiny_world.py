@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -60,22 +60,39 @@ _ASKS = [
 ]
 
 
-def corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
-    """Short instructions and answers built from a small grammar, deterministic by seed."""
+def corpus(n_pairs: int = 3000, seed: int = 0) -> list[str]:
+    """Short chat transcripts built from a small grammar, deterministic by seed.
+
+    They include the role names and blank lines of the chat templates, so both tokenizers
+    learn merges for the template text as real ones do.
+    """
     rng = random.Random(seed)
     lines = []
-    for _ in range(n_lines):
+    for _ in range(n_pairs):
         s, s2 = rng.choice(_SUBJECTS), rng.choice(_SUBJECTS)
         a, v = rng.choice(_ADJECTIVES), rng.choice(_VERBS)
-        lines.append(rng.choice(_ASKS).format(a=a, s=s))
-        lines.append(f"The {a} {s} {v} the {s2}. It is {rng.choice(_ADJECTIVES)} and {a}.")
-        lines.append(f"{rng.randint(0, 99)} plus {rng.randint(0, 99)} is a number, and the {s} knows it!")
+        ask = rng.choice(_ASKS).format(a=a, s=s)
+        answer = rng.choice([
+            f"The {a} {s} {v} the {s2}. It is {rng.choice(_ADJECTIVES)} and {a}.",
+            f"{rng.randint(0, 99)} plus {rng.randint(0, 99)} is a number, and the {s} knows it!",
+        ])
+        lines.append(f"system\nYou are a helpful assistant.\nuser\n{ask}\nassistant\n\n\n\n{answer}\n")
     return lines
+
+
+# Qwen2/Qwen3's pre-tokenisation pattern: newlines split from words, digits one by one.
+_QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _train_tokenizer(text: list[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False

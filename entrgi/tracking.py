@@ -81,5 +81,8 @@ class RunDirectory:
     def append_steps(self, records: list[dict[str, Any]]) -> None:
         self._append(STEPS, records)
 
+    def write_json(self, name: str, content: Any) -> None:
+        _atomic_write(self.path / f"{name}.json", json.dumps(content))
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         _atomic_write(self.path / SUMMARY, json.dumps(summary, indent=2))

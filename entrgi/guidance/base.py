@@ -7,6 +7,7 @@ no method-specific branches, so a new method is a new subclass plus a YAML file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,11 +42,22 @@ class GuidanceConfig:
 class Guidance:
     """Base class: leaves the logits as they are."""
 
-    def begin_batch(self, prompts: list[str], num_samples: int) -> None:
+    def __init__(self, model=None, reward=None):
+        """Every method is built with the models it may use; plain sampling uses neither."""
+
+    def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
         """Prepare per-prompt state (e.g. reward template parts) for a new batch."""
 
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
         return Steered(logits=logits, stats={})
+
+    def summary(self) -> dict[str, Any]:
+        """Numbers about the method itself for summary.json (e.g. vocabulary coverage)."""
+        return {}
+
+    def artifacts(self) -> dict[str, Any]:
+        """JSON-serialisable results accumulated over the job, one file per key."""
+        return {}
 
 
 class NoGuidance(Guidance):

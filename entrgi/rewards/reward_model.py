@@ -1,12 +1,16 @@
 """The frozen reward model: a sequence classifier with one output (Skywork-Reward-V2 style).
 
-Final scores always go through the standard discrete path: the decoded response rendered in
-the RM's own chat template, tokenised, batched.
+Two ways in. Final scores go through the standard discrete path: the decoded response
+rendered in the RM's own chat template, tokenised, batched. Guidance goes through the
+embedding path: [template prefix | response embeddings | template suffix], differentiable
+in the response embeddings, pooled at the true last real position (transformers cannot see
+padding in `inputs_embeds` and would pool position -1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 
 import torch
 import transformers
@@ -26,6 +30,23 @@ class RewardModelConfig:
     batch_size: int = ranged(8, low=1)
     device: str = "auto"
     dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+
+
+# Stands in for the response while the chat template is rendered, then split on.
+_PLACEHOLDER = "\u2063ENTRGI_RESPONSE\u2063"
+
+
+@dataclass
+class RewardInputLayout:
+    """Where each trajectory's response sits in the RM input; built once per batch.
+
+    Rows are left-padded: [pad | prefix_n | response (L) | suffix_n], so prompts whose
+    template parts differ in length share one tensor and no row is pooled at padding.
+    """
+
+    constant_embeds: torch.Tensor  # [N, W, d] prefix and suffix embeddings, zeros elsewhere
+    response_columns: torch.Tensor  # [N, L] column of response position l in row n
+    real: torch.Tensor  # [N, W] bool: prefix and suffix tokens (response columns are False)
 
 
 class RewardModel:
@@ -55,6 +76,58 @@ class RewardModel:
         """The conversation as the RM was trained to read it."""
         conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+
+    @property
+    def embedding_table(self) -> torch.Tensor:
+        return self.network.get_input_embeddings().weight
+
+    def template_parts(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids of the rendered template before and after the assistant's response."""
+        rendered = self.render(prompt, _PLACEHOLDER)
+        if rendered.count(_PLACEHOLDER) != 1:
+            raise ValueError("the reward chat template does not render the response exactly once")
+        prefix, suffix = rendered.split(_PLACEHOLDER)
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return encode(prefix), encode(suffix)
+
+    @torch.no_grad()
+    def layout(self, prompts: list[str], num_samples: int, response_length: int) -> RewardInputLayout:
+        """The constant part of the RM input for prompts repeated K times (prompt-major rows)."""
+        parts = [self.template_parts(p) for p in prompts for _ in range(num_samples)]
+        width = max(len(pre) + len(suf) for pre, suf in parts) + response_length
+        ids, real, columns = [], [], []
+        for prefix, suffix in parts:
+            pad = width - len(prefix) - response_length - len(suffix)
+            start = pad + len(prefix)
+            ids.append([0] * pad + prefix + [0] * response_length + suffix)
+            real.append([False] * pad + [True] * len(prefix) + [False] * response_length + [True] * len(suffix))
+            columns.append(list(range(start, start + response_length)))
+        ids_t = torch.tensor(ids, device=self.device)
+        real_t = torch.tensor(real, device=self.device)
+        embeds = self.network.get_input_embeddings()(ids_t) * real_t.unsqueeze(-1)
+        return RewardInputLayout(embeds, torch.tensor(columns, device=self.device), real_t)
+
+    def score_embeds(
+        self, layout: RewardInputLayout, response_embeds: torch.Tensor, response_visible: torch.Tensor
+    ) -> torch.Tensor:
+        """Differentiable float32 scores [N] of responses given as embeddings [N, L, d].
+
+        `response_visible` [N, L] hides response positions from the RM (after the first EOS).
+        Positions count visible tokens only, as if hidden ones were not there.
+        """
+        d = layout.constant_embeds.shape[-1]
+        columns = layout.response_columns
+        embeds = layout.constant_embeds.scatter(
+            1, columns.unsqueeze(-1).expand(-1, -1, d), response_embeds.to(layout.constant_embeds.dtype)
+        )
+        visible = layout.real.scatter(1, columns, response_visible)
+        positions = (visible.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.network.base_model(
+            inputs_embeds=embeds, attention_mask=visible.long(), position_ids=positions
+        ).last_hidden_state
+        last = (visible.long() * torch.arange(visible.shape[1], device=visible.device)).argmax(-1)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.network.score(pooled)[:, 0].float()
 
     @torch.no_grad()
     def score_texts(self, prompts: list[str], responses: list[str]) -> torch.Tensor:

@@ -1,0 +1,166 @@
+"""Reward-gradient guidance: soft, APS and EntRGi as one optimiser (SPEC §2 step 3).
+
+At a guided step the masked logits φ become free variables (float32, a fresh Adam each
+step) and M gradient steps raise the RM score of the relaxed input. The three methods
+differ only in the per-position weight w of `entrgi.guidance.mix`. All B×K trajectories go
+through the RM in one batch; every statistic stays on the device until the step ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from entrgi.categorical import sample_from_uniform, top_p_filter
+from entrgi.guidance.base import Guidance, GuidanceConfig, GuidanceContext, Steered
+from entrgi.guidance.mix import MixRule, entropy, mix_weight, relaxed_embeddings
+from entrgi.models import DiffusionLM
+from entrgi.noise import Stream
+from entrgi.rewards import RewardModel
+from entrgi.rewards.vocab_bridge import build_vocab_bridge
+from entrgi.validation import one_of, ranged
+
+log = logging.getLogger(__name__)
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+HISTOGRAM_BINS = 40
+
+
+@dataclass
+class RewardGradientConfig(GuidanceConfig):
+    """The `guidance` group options soft, aps and entrgi."""
+
+    _target_: str = "entrgi.guidance.RewardGradientGuidance"
+    rule: str = one_of("entrgi", *(r.value for r in MixRule))
+    M: int = ranged(3, low=1)
+    eta: float = ranged(0.5, low=0.0, low_open=True)
+    optimizer: str = one_of("adam", *_OPTIMIZERS)
+    every: int = ranged(1, low=1)
+    keep: str = one_of("last", "last", "best")
+    eos_mask_from: str = one_of("argmax", "argmax", "sampled")
+    temperature: float = ranged(0.7, low=0.0, low_open=True)
+    top_p: float = ranged(0.95, low=0.0, high=1.0, low_open=True)
+    min_coverage: float = ranged(0.0, low=0.0, high=1.0)
+
+
+class RewardGradientGuidance(Guidance):
+    """Optimise the masked logits against a frozen reward model.
+
+    Args:
+        rule: soft (w = 0), aps (w = 1) or entrgi (w = normalised entropy).
+        M, eta, optimizer: gradient steps per guided denoising step, learning rate, optimiser.
+        every: guide denoising steps 0, every, 2·every, ... (1 = all, as in the paper).
+        keep: return the last iterate (the reference) or, per trajectory, the best-scored one.
+        eos_mask_from: which tokens decide the first EOS that hides the rest of the response
+            from the RM: argmax of φ (the reference) or the sampled hard tokens.
+        temperature, top_p: τ of the soft path and of the hard-token draw; top-p applies
+            to the hard draw only.
+        min_coverage: fail when fewer dLLM tokens than this map exactly into the RM vocabulary.
+    """
+
+    def __init__(
+        self,
+        model: DiffusionLM,
+        reward: RewardModel,
+        rule: str = "entrgi",
+        M: int = 3,
+        eta: float = 0.5,
+        optimizer: str = "adam",
+        every: int = 1,
+        keep: str = "last",
+        eos_mask_from: str = "argmax",
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        min_coverage: float = 0.0,
+    ):
+        self.reward = reward
+        self.rule = MixRule.parse(rule)
+        self.M, self.eta, self.optimizer_cls = M, eta, _OPTIMIZERS[optimizer]
+        self.every, self.keep, self.eos_mask_from = every, keep, eos_mask_from
+        self.temperature, self.top_p = temperature, top_p
+        self.eos_token_id = model.eos_token_id
+        bridge = build_vocab_bridge(model.tokenizer, reward.tokenizer, model.vocab_size)
+        self.coverage = bridge.coverage
+        log.info("vocabulary bridge: %.2f%% of dLLM tokens map exactly into the RM vocabulary", 100 * bridge.coverage)
+        if bridge.coverage < min_coverage:
+            raise ValueError(
+                f"guidance.min_coverage={min_coverage}: only {bridge.coverage:.4f} of the dLLM vocabulary "
+                "maps exactly into the reward model's vocabulary"
+            )
+        self.table = bridge.mapped_table(reward.embedding_table.detach())
+        # Heat-map ranges, fixed up front: H <= log V and E <= ‖ē − ẽ‖ <= 2 max‖E_i‖.
+        self.log_vocab = math.log(model.vocab_size)
+        self.max_error = 2 * float(self.table.float().norm(dim=-1).max())
+        self.histogram = torch.zeros(HISTOGRAM_BINS, HISTOGRAM_BINS, device=self.table.device)
+        self.layout = None
+
+    def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
+        self.layout = self.reward.layout(prompts, num_samples, response_length)
+
+    def _visible(self, response: torch.Tensor, masked: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
+        """RM sees the response up to, not including, its first EOS (pad = eos in Dream)."""
+        current = torch.where(masked, proposal, response)
+        return (current == self.eos_token_id).long().cumsum(-1) == 0
+
+    def _accumulate_histogram(self, ent: torch.Tensor, error: torch.Tensor, masked: torch.Tensor) -> None:
+        n = HISTOGRAM_BINS
+        h_bin = (ent / self.log_vocab * n).long().clamp(0, n - 1)
+        e_bin = (error / self.max_error * n).long().clamp(0, n - 1)
+        counts = torch.bincount((h_bin * n + e_bin).flatten(), weights=masked.flatten().float(), minlength=n * n)
+        self.histogram += counts.view(n, n)
+
+    def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
+        if context.step % self.every:
+            return Steered(logits=logits, stats={})
+        masked, response, noise = context.masked, context.response, context.noise
+        n_masked = masked.sum().clamp(min=1).float()
+        phi = logits.detach().float().clone().requires_grad_(True)
+        optimizer = self.optimizer_cls([phi], lr=self.eta)
+        committed = self.table[response]
+        best_phi = phi.detach().clone()
+        best_score = torch.full((phi.shape[0],), float("-inf"), device=phi.device)
+        curve, sums = [], {"entropy": 0.0, "w": 0.0, "E": 0.0, "D": 0.0}
+        length = response.shape[-1]
+        for iteration in range(self.M):
+            current = phi.detach()
+            ent = entropy(current)
+            weight = mix_weight(self.rule, current, entropy_nats=ent)
+            hard = sample_from_uniform(
+                top_p_filter(current / self.temperature, self.top_p),
+                noise.uniform(Stream.GUIDANCE_TOKEN, context.step, length, iteration),
+            )
+            mix = relaxed_embeddings(phi, self.table, hard, weight, self.temperature, entropy_nats=ent)
+            embeds = torch.where(masked.unsqueeze(-1), mix.embeds, committed)
+            proposal = current.argmax(-1) if self.eos_mask_from == "argmax" else hard
+            scores = self.reward.score_embeds(self.layout, embeds, self._visible(response, masked, proposal))
+            optimizer.zero_grad(set_to_none=True)
+            (-scores.sum()).backward()
+            if self.keep == "best":  # the iterate just scored is `current`, before this update
+                improved = scores.detach() > best_score
+                best_phi = torch.where(improved[:, None, None], current, best_phi)
+                best_score = torch.maximum(best_score, scores.detach())
+            optimizer.step()
+            curve.append(scores.detach().mean())
+            for key, value in (("entropy", ent), ("w", weight), ("E", mix.approx_error), ("D", mix.ood_distance)):
+                sums[key] = sums[key] + (value * masked).sum() / n_masked
+            self._accumulate_histogram(ent, mix.approx_error, masked)
+        guided = best_phi if self.keep == "best" else phi.detach()
+        stats = {f"{key}_mean": value / self.M for key, value in sums.items()}
+        stats["reward_curve"] = torch.stack(curve)
+        return Steered(logits=guided, stats=stats)
+
+    def summary(self) -> dict:
+        return {"vocab_coverage": self.coverage}
+
+    def artifacts(self) -> dict:
+        """The joint histogram of (entropy, E^l) over all masked positions and guided steps."""
+        return {
+            "entropy_error_histogram": {
+                "entropy_edges": torch.linspace(0, self.log_vocab, HISTOGRAM_BINS + 1).tolist(),
+                "error_edges": torch.linspace(0, self.max_error, HISTOGRAM_BINS + 1).tolist(),
+                "counts": self.histogram.cpu().tolist(),  # [entropy bin][E bin]
+            }
+        }

@@ -1,0 +1,73 @@
+"""Shared fixtures: offline environment, the tiny world built once per session, composed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before transformers / datasets / wandb read them: tests never touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run that collected no test is a failure for CI, not a success."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_cache(tmp_path_factory) -> Path:
+    """Build the tiny world into a fresh cache once per test session."""
+    cache = tmp_path_factory.mktemp("entrgi-cache")
+    os.environ["ENTRGI_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tiny_cache) -> dict[str, Path]:
+    from entrgi.tiny_world import ensure_tiny_world
+
+    return ensure_tiny_world()
+
+
+@pytest.fixture(scope="session")
+def compose():
+    """compose(overrides) -> the composed run config, exactly as `python -m entrgi.run` builds it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import entrgi.config  # noqa: F401
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    def _compose(overrides: list[str] | tuple[str, ...] = ()):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_paths):
+    from entrgi.models import DiffusionLM
+
+    return DiffusionLM(str(tiny_paths["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_reward(tiny_paths):
+    from entrgi.rewards import RewardModel
+
+    return RewardModel(str(tiny_paths["reward"]), device="cpu")
