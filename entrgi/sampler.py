@@ -89,7 +89,9 @@ class DiffusionSampler:
             masked = response == self.model.mask_token_id
             logits = self.model.logits(canvas, attention, start)
             steered = self.guidance.steer(logits, GuidanceContext(step, response, masked, noise))
-            filtered = top_p_filter(steered.logits / self.temperature, self.top_p)
+            scaled = steered.logits / self.temperature  # a fresh tensor: safe to edit in place
+            scaled[..., self.model.mask_token_id] = float("-inf")  # committing <mask> would re-mask
+            filtered = top_p_filter(scaled, self.top_p)
             tokens = sample_from_uniform(filtered, noise.uniform(Stream.COMMIT_TOKEN, step, length))
             order_logits = logits if self.schedule.order_from == "unguided" else steered.logits
             order_probs = torch.softmax(order_logits / self.temperature, dim=-1)

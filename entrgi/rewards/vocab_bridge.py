@@ -38,5 +38,5 @@ def build_vocab_bridge(dllm_tokenizer, rm_tokenizer, dllm_vocab_size: int) -> Vo
     return VocabBridge(
         token_mapping=torch.where(exact, ids, torch.full_like(ids, fallback)),
         exact=exact,
-        coverage=float(exact[:named].float().mean()) if named else 0.0,
+        coverage=int(exact[:named].sum()) / named if named else 0.0,
     )

@@ -1,0 +1,77 @@
+"""The reward model's two input paths agree, and the embedding path handles masks and padding."""
+
+from __future__ import annotations
+
+import torch
+
+from entrgi.rewards.vocab_bridge import build_vocab_bridge
+
+PROMPTS = ["Describe the cat.", "Why is the old robot so happy today, and what does it see?"]
+RESPONSES = ["The cat is small.", "The robot sees the star. It is warm and old."]
+
+
+def _rm_tokens(reward, texts):
+    ids = [reward.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    length = max(map(len, ids)) + 3
+    tokens = torch.tensor([x + [0] * (length - len(x)) for x in ids])
+    visible = torch.tensor([[True] * len(x) + [False] * (length - len(x)) for x in ids])
+    return tokens, visible
+
+
+def test_hard_embeddings_score_like_the_text(tiny_reward):
+    """One-hot embeddings of a text through the embedding path == the text path (varying lengths)."""
+    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
+    layout = tiny_reward.layout(PROMPTS, 1, tokens.shape[1])
+    one_hot = torch.nn.functional.one_hot(tokens, tiny_reward.embedding_table.shape[0]).float()
+    by_embeds = tiny_reward.score_embeds(layout, one_hot @ tiny_reward.embedding_table, visible)
+    by_text = tiny_reward.score_texts(PROMPTS, RESPONSES)
+    torch.testing.assert_close(by_embeds.detach(), by_text, atol=1e-5, rtol=1e-4)
+
+
+def test_suffixes_of_different_lengths(tiny_reward, monkeypatch):
+    """A template whose suffix depends on the prompt still pools at the true last token."""
+    template = (
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+        "{%- if m.role == 'assistant' %}{{ messages[0].content | length * '!' }}{% endif %}{%- endfor %}"
+    )
+    monkeypatch.setattr(tiny_reward.tokenizer, "chat_template", template)
+    suffixes = [len(tiny_reward.template_parts(p)[1]) for p in PROMPTS]
+    assert suffixes[0] != suffixes[1]
+    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
+    layout = tiny_reward.layout(PROMPTS, 1, tokens.shape[1])
+    by_embeds = tiny_reward.score_embeds(layout, tiny_reward.embedding_table[tokens], visible)
+    torch.testing.assert_close(by_embeds, tiny_reward.score_texts(PROMPTS, RESPONSES), atol=1e-5, rtol=1e-4)
+
+
+def test_hidden_positions_and_batch_padding_do_not_change_a_score(tiny_reward):
+    """Whatever sits at hidden response positions, and whoever shares the batch, a score is unchanged."""
+    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
+    table = tiny_reward.embedding_table
+    alone = tiny_reward.score_embeds(tiny_reward.layout(PROMPTS[:1], 1, tokens.shape[1]), table[tokens[:1]], visible[:1])
+    scrambled = torch.where(visible, tokens, torch.randint_like(tokens, 5, 50))
+    together = tiny_reward.score_embeds(tiny_reward.layout(PROMPTS, 1, tokens.shape[1]), table[scrambled], visible)
+    torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_are_finite_with_left_padding(tiny_reward):
+    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
+    embeds = tiny_reward.embedding_table[tokens].clone().requires_grad_(True)
+    tiny_reward.score_embeds(tiny_reward.layout(PROMPTS, 1, tokens.shape[1]), embeds, visible).sum().backward()
+    assert torch.isfinite(embeds.grad).all()
+    assert embeds.grad[visible].abs().sum() > 0
+    assert embeds.grad[~visible].abs().sum() == 0  # hidden positions receive no gradient
+
+
+def test_vocab_bridge_maps_by_token_string(tiny_model, tiny_reward):
+    bridge = build_vocab_bridge(tiny_model.tokenizer, tiny_reward.tokenizer, tiny_model.vocab_size + 3)
+    dllm_tokens = tiny_model.tokenizer.convert_ids_to_tokens(list(range(len(tiny_model.tokenizer))))
+    rm_vocab = tiny_reward.tokenizer.get_vocab()
+    for i, token in enumerate(dllm_tokens):
+        if token in rm_vocab:
+            assert bridge.token_mapping[i] == rm_vocab[token] and bridge.exact[i]
+        else:
+            assert bridge.token_mapping[i] == tiny_reward.tokenizer.eos_token_id and not bridge.exact[i]
+    assert not bridge.exact[-3:].any()  # ids past the tokenizer (embedding padding) are unmapped
+    expected = sum(t in rm_vocab for t in dllm_tokens) / len(dllm_tokens)
+    assert abs(bridge.coverage - expected) < 1e-9
+    assert 0.3 < bridge.coverage < 1.0  # the vocabularies overlap but differ, like Dream's and Qwen3's
