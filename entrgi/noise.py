@@ -20,7 +20,9 @@ import torch
 
 _MASK32 = 0xFFFFFFFF
 _MULTIPLIERS = (0x7FEB352D, 0x31848BAB, 0x2C1B3C6D)
-_UNIFORM_BITS = 24
+# 23 bits: (bits + 0.5) / 2**23 is exact in float32, so a draw is never 0 or 1 (with 24 bits
+# the top value rounded up to exactly 1.0).
+_UNIFORM_BITS = 23
 
 
 class Stream(enum.IntEnum):
@@ -32,8 +34,12 @@ class Stream(enum.IntEnum):
     GUIDANCE_TOKEN = 4  # hard tokens drawn at each guidance iteration
 
 
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """Avalanche a tensor of 32-bit values (held in int64) into well-spread 32-bit values."""
+def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """Avalanche 32-bit values (an int64 tensor or a Python int) into well-spread 32-bit values.
+
+    The same operations run on Python ints, so constant counter parts (stream, step,
+    iteration) are folded on the host without creating a device tensor.
+    """
     x = x & _MASK32
     for multiplier in _MULTIPLIERS:
         x = x ^ (x >> 16)
@@ -43,9 +49,7 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 
 def _fold(state: torch.Tensor, value: int | torch.Tensor) -> torch.Tensor:
     """Fold one more counter component into a hash state."""
-    if not torch.is_tensor(value):
-        value = torch.tensor(value & _MASK32, dtype=torch.int64, device=state.device)
-    return mix32(state ^ mix32(value + 0x9E3779B9))
+    return mix32(state ^ mix32((value + 0x9E3779B9) & _MASK32))
 
 
 def prompt_key(prompt_id: str) -> int:

@@ -115,7 +115,7 @@ def _write_dllm(folder: Path, text: list[str]) -> None:
     config = Qwen2Config(
         vocab_size=raw.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False, initializer_range=0.25, bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
     )
     Qwen2ForCausalLM(config).save_pretrained(folder)

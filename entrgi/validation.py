@@ -65,25 +65,35 @@ def one_of(default: Any, *values: Any):
 
 
 def validate(cfg: DictConfig, prefix: str = "") -> None:
-    """Check every declared range in a composed config; raise ConfigError on the first bad key."""
+    """Check every declared range in a composed config; raise ConfigError on the first bad key.
+
+    Values set directly are checked before values interpolated from elsewhere, so a bad
+    `sampler.top_p` is reported under that name, not under a `${sampler.top_p}` copy.
+    """
+    for interpolated in (False, True):
+        _validate(cfg, prefix, interpolated)
+
+
+def _validate(cfg: DictConfig, prefix: str, interpolated: bool) -> None:
     schema = OmegaConf.get_type(cfg)
     if dataclasses.is_dataclass(schema):
         for f in dataclasses.fields(schema):
             rule = f.metadata.get(_CHECK)
-            if rule is None or f.name not in cfg:
+            if rule is None or f.name not in cfg or OmegaConf.is_interpolation(cfg, f.name) != interpolated:
                 continue
             value = cfg[f.name]
             if value is None and f.metadata.get("optional"):
                 continue
             if not rule.accepts(value):
-                raise ConfigError(f"{prefix}{f.name}={value!r} is not allowed: expected {rule.describe()}")
+                source = f" (from {cfg._get_node(f.name)._value()})" if interpolated else ""
+                raise ConfigError(f"{prefix}{f.name}={value!r}{source} is not allowed: expected {rule.describe()}")
     for key in cfg.keys():
         if str(key).startswith("_") or OmegaConf.is_missing(cfg, key):
             continue
         child = cfg._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none():
-            validate(child, f"{prefix}{key}.")
+            _validate(child, f"{prefix}{key}.", interpolated)
         elif isinstance(child, ListConfig):
             for i, item in enumerate(child):
                 if isinstance(item, DictConfig):
-                    validate(item, f"{prefix}{key}[{i}].")
+                    _validate(item, f"{prefix}{key}[{i}].", interpolated)

@@ -1,0 +1,122 @@
+"""Benchmarks: a fixed prompt slice with stable ids, independent of the sampling seed (SPEC §7)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra.utils import instantiate
+
+from entrgi.benchmarks import DatasetBenchmark
+
+# Row index -> (prompt, category). Row 2 is empty, row 5 blank, row 4 repeats row 0's prompt.
+ROWS = [
+    ("alpha", "a"),
+    ("beta", "b"),
+    ("", "a"),
+    ("gamma", "a"),
+    ("alpha", "b"),
+    ("   ", "b"),
+    ("delta", "b"),
+    ("epsilon", "a"),
+    ("zeta", "b"),
+    ("eta", "a"),
+    ("theta", "b"),
+    ("iota", "a"),
+]
+# Kept, in file order, with ids `{split}-{row index}`: the file's row, not the position after dropping.
+KEPT = {
+    "train-0": "alpha", "train-1": "beta", "train-3": "gamma", "train-6": "delta", "train-7": "epsilon",
+    "train-8": "zeta", "train-9": "eta", "train-10": "theta", "train-11": "iota",
+}
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": p, "kind": c, "uid": f"u{i}"}) + "\n" for i, (p, c) in enumerate(ROWS)))
+    return path
+
+
+def _bench(path, **kw) -> DatasetBenchmark:
+    return DatasetBenchmark(name="local", path=str(path), prompt_field="text", **kw)
+
+
+def test_empty_and_duplicate_prompts_are_dropped_and_ids_name_file_rows(prompts_file):
+    prompts = _bench(prompts_file).prompts()
+    assert {p.id: p.text for p in prompts} == KEPT
+    assert [p.id for p in prompts] == list(KEPT)  # file order
+
+
+def test_id_field_is_used_when_given(prompts_file):
+    prompts = _bench(prompts_file, id_field="uid").prompts()
+    assert [p.id for p in prompts][:3] == ["u0", "u1", "u3"]
+
+
+def test_slice_is_fixed_by_n_prompts_and_slice_seed(prompts_file):
+    """n_prompts draws a subset in file order; the same (n, slice_seed) always gives the same one."""
+    full = _bench(prompts_file).prompts()
+    first = _bench(prompts_file, n_prompts=4, slice_seed=0).prompts()
+    assert len(first) == 4
+    assert set(first) <= set(full)
+    assert [p.id for p in first] == [p.id for p in full if p in first]  # order kept
+    assert _bench(prompts_file, n_prompts=4, slice_seed=0).prompts() == first
+    slices = {tuple(p.id for p in _bench(prompts_file, n_prompts=4, slice_seed=s).prompts()) for s in range(5)}
+    assert len(slices) > 1, "slice_seed has no effect"
+
+
+def test_n_prompts_larger_than_the_benchmark_keeps_everything(prompts_file):
+    assert [p.id for p in _bench(prompts_file, n_prompts=100).prompts()] == list(KEPT)
+
+
+def test_category_filter_keeps_ids(prompts_file):
+    """Only category b; 'alpha' of row 4 is no longer a duplicate once row 0 is filtered out."""
+    prompts = _bench(prompts_file, category_field="kind", categories=["b"]).prompts()
+    assert [(p.id, p.text) for p in prompts] == [
+        ("train-1", "beta"), ("train-4", "alpha"), ("train-6", "delta"), ("train-8", "zeta"), ("train-10", "theta"),
+    ]
+    assert {p.category for p in prompts} == {"b"}
+    unfiltered = _bench(prompts_file, category_field="kind").prompts()
+    assert {p.category for p in unfiltered} == {"a", "b"}
+
+
+@pytest.mark.parametrize("field", ["prompt_field", "category_field", "id_field"])
+def test_a_wrong_field_names_it(prompts_file, field):
+    kw = {"prompt_field": "text", field: "questionn"}
+    bench = DatasetBenchmark(name="local", path=str(prompts_file), **kw)
+    with pytest.raises(KeyError, match="questionn") as info:
+        bench.prompts()
+    assert "text" in str(info.value)  # lists the columns there are
+
+
+def test_nothing_left_is_an_error(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(json.dumps({"text": ""}) + "\n" + json.dumps({"text": "  "}) + "\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        _bench(path).prompts()
+
+
+def test_parquet_gives_the_same_prompts(prompts_file, tmp_path):
+    import datasets
+
+    parquet = tmp_path / "prompts.parquet"
+    datasets.load_dataset("json", data_files=str(prompts_file), split="train").to_parquet(str(parquet))
+    assert _bench(parquet).prompts() == _bench(prompts_file).prompts()
+
+
+def test_prompts_group_slice_ignores_everything_but_the_benchmark(compose, prompts_file):
+    """benchmark=prompts through Hydra: the slice depends on (n_prompts, slice_seed) only."""
+    common = ["benchmark=prompts", f"benchmark.path='{prompts_file}'", "benchmark.prompt_field=text",
+              "benchmark.n_prompts=3"]
+    reference = instantiate(compose(common).benchmark).prompts()
+    assert len(reference) == 3
+    for extra in (["seed=7"], ["guidance=none", "schedule=origin", "sampler.num_samples=2"], ["model=tiny"]):
+        assert instantiate(compose(common + extra).benchmark).prompts() == reference, extra
+    other = [instantiate(compose(common + [f"benchmark.slice_seed={s}"]).benchmark).prompts() for s in (1, 2, 3)]
+    assert any(o != reference for o in other)
+
+
+def test_tiny_benchmark(compose):
+    prompts = instantiate(compose(["experiment=tiny"]).benchmark).prompts()
+    assert [p.id for p in prompts] == [f"tiny-{i}" for i in range(8)]
+    assert prompts[0].text == "Describe the small cat." and prompts[0].category == "describe"
