@@ -66,7 +66,7 @@ class TrajectoryNoise:
     @classmethod
     def for_prompts(
         cls, seed: int, prompt_ids: Sequence[str], num_samples: int, device: torch.device | str = "cpu"
-    ) -> "TrajectoryNoise":
+    ) -> TrajectoryNoise:
         """Keys for trajectories laid out prompt-major: row b*K + k is sample k of prompt b."""
         pids = torch.tensor([prompt_key(p) for p in prompt_ids], dtype=torch.int64)
         ks = torch.arange(num_samples, dtype=torch.int64)

@@ -70,8 +70,7 @@ class RunDirectory:
 
     def _append(self, name: str, records: list[dict[str, Any]]) -> None:
         with open(self.path / name, "a") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
+            f.writelines(json.dumps(record) + "\n" for record in records)
             f.flush()
             os.fsync(f.fileno())
 

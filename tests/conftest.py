@@ -42,11 +42,10 @@ def compose():
     """compose(overrides) -> the composed run config, exactly as `python -m entrgi.run` builds it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
-    import entrgi.config  # noqa: F401
-
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
+
+    import entrgi.config  # noqa: F401
 
     def _compose(overrides: list[str] | tuple[str, ...] = ()):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

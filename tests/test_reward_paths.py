@@ -47,7 +47,8 @@ def test_hidden_positions_and_batch_padding_do_not_change_a_score(tiny_reward):
     """Whatever sits at hidden response positions, and whoever shares the batch, a score is unchanged."""
     tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
     table = tiny_reward.embedding_table
-    alone = tiny_reward.score_embeds(tiny_reward.layout(PROMPTS[:1], 1, tokens.shape[1]), table[tokens[:1]], visible[:1])
+    layout = tiny_reward.layout(PROMPTS[:1], 1, tokens.shape[1])
+    alone = tiny_reward.score_embeds(layout, table[tokens[:1]], visible[:1])
     scrambled = torch.where(visible, tokens, torch.randint_like(tokens, 5, 50))
     together = tiny_reward.score_embeds(tiny_reward.layout(PROMPTS, 1, tokens.shape[1]), table[scrambled], visible)
     torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-4)

@@ -127,7 +127,7 @@ def test_batch_size_does_not_change_a_prompts_samples(tiny_model, rule):
     """
     sampler = _sampler(tiny_model, rule)
     batched = sampler.generate(PROMPTS, IDS, seed=5).responses
-    for b, (prompt, pid) in enumerate(zip(PROMPTS, IDS)):
+    for b, (prompt, pid) in enumerate(zip(PROMPTS, IDS, strict=True)):
         alone = sampler.generate([prompt], [pid], seed=5).responses
         assert torch.equal(alone, batched[b * K : (b + 1) * K]), f"prompt {pid} differs with batch size"
     reordered = sampler.generate(PROMPTS[::-1], IDS[::-1], seed=5).responses

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 import torch
 import transformers
 from omegaconf import MISSING
@@ -81,14 +80,12 @@ class RewardModel:
     def embedding_table(self) -> torch.Tensor:
         return self.network.get_input_embeddings().weight
 
-    def template_parts(self, prompt: str) -> tuple[list[int], list[int]]:
+    def template_parts(self, prompt: str) -> list[list[int]]:
         """Token ids of the rendered template before and after the assistant's response."""
         rendered = self.render(prompt, _PLACEHOLDER)
         if rendered.count(_PLACEHOLDER) != 1:
             raise ValueError("the reward chat template does not render the response exactly once")
-        prefix, suffix = rendered.split(_PLACEHOLDER)
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return encode(prefix), encode(suffix)
+        return [self.tokenizer(part, add_special_tokens=False)["input_ids"] for part in rendered.split(_PLACEHOLDER)]
 
     @torch.no_grad()
     def layout(self, prompts: list[str], num_samples: int, response_length: int) -> RewardInputLayout:
