@@ -13,11 +13,16 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
+from entrgi.checkpoints import ResourceUnavailable, hub_reachable
 from entrgi.validation import ranged
 
 log = logging.getLogger(__name__)
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DatasetUnavailable(ResourceUnavailable):
+    """A benchmark's dataset is neither local, nor cached, nor reachable."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,27 @@ class DatasetBenchmark:
     def _load_rows(self):
         import datasets  # imported here: it is slow to import and only needed at load time
 
-        suffix = Path(self.path).suffix.lower()
-        if Path(self.path).is_file() and suffix in _FILE_BUILDERS:
-            return datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=self.path, split="train")
-        return datasets.load_dataset(self.path, split=self.split)
+        local = Path(self.path).expanduser()
+        if local.is_file() and local.suffix.lower() in _FILE_BUILDERS:
+            return datasets.load_dataset(_FILE_BUILDERS[local.suffix.lower()], data_files=str(local), split="train")
+        if local.is_dir():
+            return datasets.load_dataset(str(local), split=self.split)
+        hint = (
+            f"point benchmark.path at a local copy (a dataset folder or a .jsonl/.json/.parquet/.csv file "
+            f"with field {self.prompt_field!r}), or run the offline tiny setup with experiment=tiny"
+        )
+        if not datasets.config.HF_HUB_OFFLINE and not hub_reachable():
+            raise DatasetUnavailable(
+                f"benchmark.path={self.path!r}: the Hugging Face Hub is unreachable; set HF_DATASETS_OFFLINE=1 "
+                f"to use a cached copy, or {hint}"
+            )
+        try:
+            return datasets.load_dataset(self.path, split=self.split)
+        except (ConnectionError, FileNotFoundError) as error:
+            raise DatasetUnavailable(
+                f"benchmark.path={self.path!r} split {self.split!r} is not in the datasets cache "
+                f"({type(error).__name__}); {hint}"
+            ) from None
 
     def prompts(self) -> list[Prompt]:
         """The slice: category filter, empty and duplicate prompts dropped, then n_prompts drawn."""

@@ -19,11 +19,15 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
 
 
-class WeightsUnavailable(RuntimeError):
+class ResourceUnavailable(RuntimeError):
+    """Weights or data named by a config key cannot be found or fetched; the message says how."""
+
+
+class WeightsUnavailable(ResourceUnavailable):
     """The weights named by a config key cannot be found or fetched."""
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         with socket.create_connection((host, 443), timeout=timeout):
@@ -32,12 +36,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_checkpoint(name_or_path: str, key: str) -> Path:
-    """Return a local folder holding `name_or_path`, downloading only when the Hub is reachable."""
+def resolve_checkpoint(name_or_path: str, key: str, marker: str = "config.json") -> Path:
+    """Return a local folder holding `name_or_path`, downloading only when the Hub is reachable.
+
+    `marker` is the file that a folder of this kind must hold (adapter_config.json for PEFT).
+    """
     local = Path(os.path.expanduser(name_or_path))
     if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise WeightsUnavailable(f"{key}={name_or_path!r} is a folder without config.json")
+        if not (local / marker).is_file():
+            raise WeightsUnavailable(f"{key}={name_or_path!r} is a folder without {marker}")
         return local
     if local.is_absolute() or name_or_path.startswith("."):
         raise WeightsUnavailable(f"{key}={name_or_path!r}: no such folder")
@@ -45,7 +52,7 @@ def resolve_checkpoint(name_or_path: str, key: str) -> Path:
         return Path(snapshot_download(name_or_path, allow_patterns=_WEIGHT_PATTERNS, local_files_only=True))
     except LocalEntryNotFoundError:
         pass
-    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+    if constants.HF_HUB_OFFLINE or not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub is unreachable"
         raise WeightsUnavailable(
             f"{key}={name_or_path!r} is not a local folder nor in the Hugging Face cache, and {why}. "

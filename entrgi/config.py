@@ -20,7 +20,7 @@ from entrgi.loggers import WandbLoggerConfig
 from entrgi.models import DiffusionLMConfig
 from entrgi.rewards import RewardModelConfig
 from entrgi.sampler import SamplerConfig
-from entrgi.schedule import ScheduleConfig
+from entrgi.schedule import LowConfidenceConfig, ScheduleConfig
 
 
 @dataclass
@@ -69,6 +69,7 @@ def register() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
     cs.store(group="schema/guidance", name="reward_gradient", node=RewardGradientConfig)
+    cs.store(group="schema/schedule", name="low_confidence", node=LowConfidenceConfig)
     OmegaConf.register_new_resolver("entrgi.tiny_world", _tiny_world_path, replace=True)
     OmegaConf.register_new_resolver("entrgi.data", _data_file, replace=True)
 

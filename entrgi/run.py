@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
-from entrgi.checkpoints import WeightsUnavailable
+from entrgi.checkpoints import ResourceUnavailable
 from entrgi.validation import ConfigError
 
 
@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         summary = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, WeightsUnavailable) as error:
+    except (ConfigError, ResourceUnavailable) as error:
         print(f"entrgi: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"Top@1 {summary['top1_mean']:.4f}  Avg@{summary['num_samples']} {summary['avgk_mean']:.4f}  "

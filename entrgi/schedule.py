@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from entrgi.noise import Stream, TrajectoryNoise
-from entrgi.validation import one_of, ranged
+from entrgi.validation import ConfigError, one_of, ranged
 
 # Rank key of a masked position whose sampled token is EOS: below every real confidence,
 # above the committed positions (which get -inf and are never chosen).
@@ -32,6 +32,14 @@ class ScheduleConfig:
     # Which logits rank the positions: the dLLM's own ("unguided", the reference) or the
     # guided ones. Tokens are always sampled from the guided logits.
     order_from: str = one_of("unguided", "unguided", "guided")
+
+
+@dataclass
+class LowConfidenceConfig(ScheduleConfig):
+    """LLaDA's semi-autoregressive blocks."""
+
+    _target_: str = "entrgi.schedule.LowConfidenceSchedule"
+    block_length: int | None = ranged(None, low=1, optional=True)
 
 
 class UnmaskSchedule:
@@ -57,6 +65,21 @@ class UnmaskSchedule:
         """Per-position confidence [N, L] from the ordering distribution [N, L, V]; higher first."""
         raise NotImplementedError
 
+    def check_length(self, length: int) -> None:
+        """Raise ConfigError when the schedule cannot denoise `length` response tokens."""
+
+    def candidates(self, masked: torch.Tensor, step: int) -> torch.Tensor:
+        """Boolean [N, L]: the positions that may be committed at `step`."""
+        return masked
+
+    def commit_count(self, candidates: torch.Tensor, step: int) -> torch.Tensor:
+        """Positions to commit per trajectory [N]: floor(n · (1 − s/t)), all that remain at the end."""
+        n = candidates.sum(dim=-1)
+        if step == self.steps - 1:
+            return n
+        t, s = self.grid[step], self.grid[step + 1]
+        return torch.floor(n * (1.0 - s / t)).to(n.dtype)
+
     def commit_mask(
         self,
         masked: torch.Tensor,
@@ -67,22 +90,19 @@ class UnmaskSchedule:
         eos_token_id: int,
     ) -> torch.Tensor:
         """Boolean [N, L]: the masked positions whose sampled token is committed at `step`."""
-        t, s = self.grid[step], self.grid[step + 1]
-        last = step == self.steps - 1
-        n_masked = masked.sum(dim=-1)
-        n_commit = n_masked if last else torch.floor(n_masked * (1.0 - s / t)).to(n_masked.dtype)
-
+        candidates = self.candidates(masked, step)
+        n_commit = self.commit_count(candidates, step)
         score = self.confidence(order_probs, tokens).to(torch.float32)
         if self.alg_temp > 0:  # sampling without replacement from softmax(score / alg_temp)
             score = score / self.alg_temp + noise.gumbel(Stream.ORDER, step, score.shape[-1])
         if self.deprioritize_eos:
             score = torch.where(tokens == eos_token_id, torch.full_like(score, _EOS_CONFIDENCE), score)
-        score = torch.where(masked, score, torch.full_like(score, float("-inf")))
+        score = torch.where(candidates, score, torch.full_like(score, float("-inf")))
         order = score.argsort(dim=-1, descending=True, stable=True)
         rank = torch.empty_like(order).scatter_(
             -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
         )
-        return masked & (rank < n_commit[:, None])
+        return candidates & (rank < n_commit[:, None])
 
 
 class OriginSchedule(UnmaskSchedule):
@@ -115,3 +135,45 @@ class EntropySchedule(UnmaskSchedule):
 
     def confidence(self, probs, tokens):
         return torch.xlogy(probs, probs).sum(dim=-1)
+
+
+class LowConfidenceSchedule(MaskGitPlusSchedule):
+    """LLaDA's rule: semi-autoregressive blocks, most probable sampled tokens first.
+
+    The response is cut into blocks of `block_length` (None: one block) denoised left to
+    right, `steps / n_blocks` steps each; only the current block's positions may be
+    committed, and a block's tokens are spread as evenly as possible over its steps, the
+    first steps taking the remainder. Counts are fixed in advance, as in LLaDA.
+    """
+
+    def __init__(self, block_length: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.block_length = block_length
+
+    def check_length(self, length: int) -> None:
+        block = self.block_length or length
+        if length % block:
+            raise ConfigError(f"schedule.block_length={block} does not divide sampler.max_new_tokens={length}")
+        if self.steps % (length // block):
+            raise ConfigError(
+                f"schedule.steps={self.steps} is not a multiple of the {length // block} blocks of "
+                f"schedule.block_length={block}"
+            )
+
+    def _block(self, length: int, step: int) -> tuple[int, int, int]:
+        """(block start, block size, step within the block)."""
+        block = self.block_length or length
+        steps_per_block = self.steps // (length // block)
+        return (step // steps_per_block) * block, block, step % steps_per_block
+
+    def candidates(self, masked, step):
+        start, size, _ = self._block(masked.shape[-1], step)
+        in_block = torch.zeros_like(masked)
+        in_block[:, start : start + size] = True
+        return masked & in_block
+
+    def commit_count(self, candidates, step):
+        _, size, inner = self._block(candidates.shape[-1], step)
+        steps_per_block = self.steps // (candidates.shape[-1] // size)
+        base, extra = divmod(size, steps_per_block)
+        return torch.full(candidates.shape[:1], base + (inner < extra), dtype=torch.long, device=candidates.device)

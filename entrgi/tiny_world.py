@@ -1,4 +1,4 @@
-"""The offline tiny world: a Dream-format dLLM and a Qwen3 reward model, small enough for CI.
+"""The offline tiny world: Dream- and LLaDA-format dLLMs and a Qwen3 reward model, CI-sized.
 
 Both are written in the real on-disk formats (config.json with the real keys, tokenizer
 files with the real special tokens, safetensors) and loaded by the same `from_pretrained`
@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from safetensors.torch import load_file, save_file
 from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -27,7 +30,7 @@ from transformers import (
     Qwen3ForSequenceClassification,
 )
 
-VERSION = "tiny-world-v1"
+VERSION = "tiny-world-v2"
 
 DREAM_CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -38,15 +41,50 @@ DREAM_CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-# Qwen3 renders an (empty) think block before the final assistant answer.
+# Qwen3's template: the last assistant turn after the last user message carries a think
+# block (empty when there is no reasoning); a `</think>` inside the content is split off.
 QWEN3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' }}"
-    "{%- if message.role == 'assistant' %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{{- message.content + '<|im_end|>\\n' }}"
+    "{%- set ns = namespace(last_user=-1) %}"
+    "{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}"
+    "{%- endfor %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}"
+    "{%- set content = m.content %}{%- set reasoning = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning = content.split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1] %}"
+    "{%- endif %}"
+    "{%- if loop.index0 > ns.last_user %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning + '\\n</think>\\n\\n' + content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+# LLaDA's Llama-3 style template.
+LLADA_CHAT_TEMPLATE = (
+    "{%- for m in messages %}"
+    "{%- if loop.first %}{{- bos_token }}{%- endif %}"
+    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + m.content | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+# LLaDA checkpoints name Llama's modules the OLMo way; used to write the tiny one.
+_LLADA_NAMES = {
+    "model.embed_tokens.": "model.transformer.wte.",
+    "model.norm.": "model.transformer.ln_f.",
+    "lm_head.": "model.transformer.ff_out.",
+    "self_attn.q_proj.": "q_proj.",
+    "self_attn.k_proj.": "k_proj.",
+    "self_attn.v_proj.": "v_proj.",
+    "self_attn.o_proj.": "attn_out.",
+    "mlp.gate_proj.": "ff_proj.",
+    "mlp.up_proj.": "up_proj.",
+    "mlp.down_proj.": "ff_out.",
+    "input_layernorm.": "attn_norm.",
+    "post_attention_layernorm.": "ff_norm.",
+}
 
 _SUBJECTS = ["cat", "dog", "river", "mountain", "robot", "teacher", "garden", "city", "star", "ship"]
 _ADJECTIVES = ["small", "bright", "quiet", "happy", "old", "green", "fast", "gentle", "strange", "warm"]
@@ -134,6 +172,44 @@ def _write_dllm(folder: Path, text: list[str]) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, sort_keys=True))
 
 
+def _write_llada(folder: Path, text: list[str]) -> None:
+    specials = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                "<|mdm_mask|>"]
+    raw = _train_tokenizer(text, vocab_size=400, special_tokens=specials)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        mask_token="<|mdm_mask|>",
+    )
+    tok.chat_template = LLADA_CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    ids = {name: raw.token_to_id(name) for name in specials}
+    torch.manual_seed(2)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=raw.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, initializer_range=0.25,
+    ))
+    llama.save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    renamed = {}
+    for name, tensor in weights.items():
+        for llama_part, llada_part in _LLADA_NAMES.items():
+            name = name.replace(llama_part, llada_part)
+        renamed[name.replace("model.layers.", "model.transformer.blocks.")] = tensor
+    save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    config = {  # LLaDA's own config.json keys (OLMo style)
+        "architectures": ["LLaDAModelLM"], "model_type": "llada",
+        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM"},
+        "d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 128, "mlp_ratio": 2,
+        "vocab_size": raw.get_vocab_size(), "embedding_size": raw.get_vocab_size(), "max_sequence_length": 512,
+        "rope": True, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "layer_norm_type": "rms",
+        "activation_type": "silu", "block_type": "llama", "include_bias": False, "weight_tying": False,
+        "mask_token_id": ids["<|mdm_mask|>"], "eos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"], "bos_token_id": ids["<|startoftext|>"],
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def _write_reward(folder: Path, text: list[str]) -> None:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
     raw = _train_tokenizer(text, vocab_size=360, special_tokens=specials)
@@ -158,7 +234,7 @@ def ensure_tiny_world(root: Path | None = None) -> dict[str, Path]:
     """Folders of the tiny dLLM and RM, building them once (safe under concurrent jobs)."""
     root = Path(root or default_root())
     target = root / VERSION
-    paths = {"dllm": target / "dream-tiny", "reward": target / "skywork-tiny"}
+    paths = {"dllm": target / "dream-tiny", "llada": target / "llada-tiny", "reward": target / "skywork-tiny"}
     if (target / "complete").is_file():
         return paths
     root.mkdir(parents=True, exist_ok=True)
@@ -169,6 +245,7 @@ def ensure_tiny_world(root: Path | None = None) -> dict[str, Path]:
         staging.chmod(0o755)
         text = corpus()
         _write_dllm(staging / "dream-tiny", text)
+        _write_llada(staging / "llada-tiny", text)
         _write_reward(staging / "skywork-tiny", text)
         (staging / "complete").write_text(VERSION + "\n")
         if target.exists():  # a half-built leftover from an interrupted build

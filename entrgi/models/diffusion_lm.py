@@ -1,9 +1,10 @@
 """The frozen masked diffusion LM: tokenizer, special ids and logits over a canvas.
 
-Per-model semantics (mask id, logit shift, which transformers class holds the weights) are
-config data, so the sampler never branches on the model family. Dream-v0 ships Qwen2-layout
-weights behind remote code; loading them into transformers' own Qwen2 classes with the
-causal flag turned off gives the same network without executing downloaded code.
+Per-model semantics (mask id, logit shift, which transformers class holds the weights and
+how the checkpoint's names map onto it) are config data, so the sampler never branches on
+the model family. Dream-v0 ships Qwen2-layout weights behind remote code, LLaDA ships
+Llama-layout weights under OLMo-style names; loading them into transformers' own classes
+with the causal flag turned off gives the same networks without executing downloaded code.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ class DiffusionLMConfig:
     _target_: str = "entrgi.models.DiffusionLM"
     path: str = MISSING
     backbone: str = "Qwen2ForCausalLM"
+    config_keys: dict[str, str] = field(default_factory=dict)
+    weight_keys: dict[str, str] = field(default_factory=dict)
     tokenizer_class: str | None = None
     mask_token_id: int | None = None
     eos_token_id: int | None = None
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop_tokens: list[str] = field(default_factory=list)
     logit_shift: bool = True
     device: str = "auto"
     dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
@@ -45,10 +48,13 @@ class DiffusionLM:
     Args:
         path: Hub id or local folder.
         backbone: transformers class whose weight layout the checkpoint has.
+        config_keys: renames of the checkpoint's config.json keys to the backbone's.
+        weight_keys: regex renames of the checkpoint's weight names to the backbone's
+            (transformers' `key_mapping`).
         tokenizer_class: transformers tokenizer class to use instead of the one the
             checkpoint names (Dream names a remote-code class).
         mask_token_id, eos_token_id: override the ids in the checkpoint's config.json.
-        stop_token_ids: extra ids that end a decoded response (e.g. end-of-turn).
+        stop_tokens: extra tokens that end a decoded response (e.g. end-of-turn), by name.
         logit_shift: position j reads the output at j-1 (Dream) or its own (LLaDA).
     """
 
@@ -56,10 +62,12 @@ class DiffusionLM:
         self,
         path: str,
         backbone: str = "Qwen2ForCausalLM",
+        config_keys: dict[str, str] | None = None,
+        weight_keys: dict[str, str] | None = None,
         tokenizer_class: str | None = None,
         mask_token_id: int | None = None,
         eos_token_id: int | None = None,
-        stop_token_ids: list[int] | tuple[int, ...] = (),
+        stop_tokens: list[str] | tuple[str, ...] = (),
         logit_shift: bool = True,
         device: str = "auto",
         dtype: str = "auto",
@@ -68,8 +76,23 @@ class DiffusionLM:
         self.device = resolve_device(device)
         raw = json.loads((folder / "config.json").read_text())
         model_cls = getattr(transformers, backbone)
-        config = model_cls.config_class(**{k: v for k, v in raw.items() if k not in _REMOTE_CONFIG_KEYS})
-        self.network = model_cls.from_pretrained(folder, config=config, dtype=resolve_dtype(dtype, self.device))
+        renames = dict(config_keys or {})
+        settings = {k: v for k, v in raw.items() if k not in _REMOTE_CONFIG_KEYS and k not in renames.values()}
+        settings.update({new: raw[old] for old, new in renames.items() if old in raw})
+        self.network, loading = model_cls.from_pretrained(
+            folder,
+            config=model_cls.config_class(**settings),
+            key_mapping=dict(weight_keys) if weight_keys else None,
+            dtype=resolve_dtype(dtype, self.device),
+            output_loading_info=True,
+        )
+        # transformers initialises missing weights at random and only warns: refuse instead.
+        unmatched = sorted(loading["missing_keys"] | loading["unexpected_keys"])
+        if unmatched:
+            raise ValueError(
+                f"model.path={path!r} does not fit model.backbone={backbone} with the given model.weight_keys: "
+                f"{len(unmatched)} weights unmatched, e.g. {', '.join(unmatched[:3])}"
+            )
         self.network.to(self.device).eval().requires_grad_(False)
         for module in self.network.modules():
             if hasattr(module, "is_causal"):
@@ -78,11 +101,14 @@ class DiffusionLM:
         tok_cls = getattr(transformers, tokenizer_class) if tokenizer_class else transformers.AutoTokenizer
         self.tokenizer = tok_cls.from_pretrained(folder)
         self.mask_token_id = _first_set(mask_token_id, raw.get("mask_token_id"), self.tokenizer.mask_token_id)
-        self.eos_token_id = _first_set(eos_token_id, raw.get("eos_token_id"), self.tokenizer.eos_token_id)
+        self.eos_token_id = _first_set(eos_token_id, _single(raw.get("eos_token_id")), self.tokenizer.eos_token_id)
         self.pad_token_id = _first_set(raw.get("pad_token_id"), self.tokenizer.pad_token_id, self.eos_token_id)
         if self.mask_token_id is None:
             raise ValueError(f"model.mask_token_id is not set and {path} defines no mask token")
-        self.stop_token_ids = sorted({self.eos_token_id, *stop_token_ids})
+        unknown = [t for t in stop_tokens if t not in self.tokenizer.get_vocab()]
+        if unknown:
+            raise ValueError(f"model.stop_tokens: {unknown} not in the tokenizer of {path}")
+        self.stop_token_ids = sorted({self.eos_token_id, *self.tokenizer.convert_tokens_to_ids(list(stop_tokens))})
         self.logit_shift = logit_shift
         self.vocab_size = self.network.get_output_embeddings().weight.shape[0]
 
@@ -109,11 +135,14 @@ class DiffusionLM:
         """
         embeds = self.network.get_input_embeddings()(canvas)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        # A prepared (4-D) mask is used as given by every decoder class; never skipped, because
+        # "no mask" would make the decoder fall back to its causal default.
         mask = create_bidirectional_mask(
-            config=self.network.config, inputs_embeds=embeds, attention_mask=attention_mask
+            config=self.network.config, inputs_embeds=embeds, attention_mask=attention_mask,
+            allow_is_bidirectional_skip=False,
         )
         hidden = self.network.get_decoder()(
-            inputs_embeds=embeds, attention_mask={"full_attention": mask}, position_ids=position_ids
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids
         ).last_hidden_state
         first = start - 1 if self.logit_shift else start
         last = hidden.shape[1] - 1 if self.logit_shift else hidden.shape[1]
@@ -126,3 +155,8 @@ class DiffusionLM:
 
 def _first_set(*values):
     return next((v for v in values if v is not None), None)
+
+
+def _single(value):
+    """config.json may list several EOS ids; the first is the one that pads."""
+    return value[0] if isinstance(value, list) else value

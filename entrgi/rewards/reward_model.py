@@ -25,8 +25,10 @@ class RewardModelConfig:
 
     _target_: str = "entrgi.rewards.RewardModel"
     path: str = MISSING
+    adapter_path: str | None = None
     tokenizer_class: str | None = None
     batch_size: int = ranged(8, low=1)
+    gradient_checkpointing: bool = False
     device: str = "auto"
     dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
 
@@ -54,17 +56,33 @@ class RewardModel:
     def __init__(
         self,
         path: str,
+        adapter_path: str | None = None,
         tokenizer_class: str | None = None,
         batch_size: int = 8,
+        gradient_checkpointing: bool = False,
         device: str = "auto",
         dtype: str = "auto",
     ):
+        """
+        Args:
+            path: Hub id or local folder of the sequence classifier.
+            adapter_path: a PEFT (LoRA) adapter trained on top of it, merged in at load.
+            batch_size: conversations per forward pass on the text path.
+            gradient_checkpointing: recompute RM activations in the backward pass of guidance,
+                trading time for memory (the RM backward dominates guidance memory).
+        """
         folder = resolve_checkpoint(path, "reward.path")
         self.device = resolve_device(device)
         self.network = transformers.AutoModelForSequenceClassification.from_pretrained(
             folder, num_labels=1, dtype=resolve_dtype(dtype, self.device)
         )
+        if adapter_path:
+            self.network = _merge_adapter(self.network, adapter_path)
         self.network.to(self.device).eval().requires_grad_(False)
+        if gradient_checkpointing:
+            # transformers only checkpoints in training mode; the RM has no dropout to switch on.
+            self.network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.network.train()
         tok_cls = getattr(transformers, tokenizer_class) if tokenizer_class else transformers.AutoTokenizer
         self.tokenizer = tok_cls.from_pretrained(folder)
         if self.network.config.pad_token_id is None:  # batched pooling needs it
@@ -137,3 +155,12 @@ class RewardModel:
             ).to(self.device)
             scores.append(self.network(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def _merge_adapter(network, adapter_path: str):
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ImportError("reward.adapter_path needs the `peft` package: pip install 'entrgi[peft]'") from None
+    folder = resolve_checkpoint(adapter_path, "reward.adapter_path", marker="adapter_config.json")
+    return PeftModel.from_pretrained(network, str(folder)).merge_and_unload()
