@@ -81,7 +81,11 @@ class RewardModel:
         self.network.to(self.device).eval().requires_grad_(False)
         if gradient_checkpointing:
             # transformers only checkpoints in training mode; the RM has no dropout to switch on.
-            self.network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(self.network, "activation_checkpointing_enable", None)  # newer transformers name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.network.train()
         tok_cls = getattr(transformers, tokenizer_class) if tokenizer_class else transformers.AutoTokenizer
         self.tokenizer = tok_cls.from_pretrained(folder)
