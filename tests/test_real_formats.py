@@ -80,7 +80,8 @@ def test_llada_logits_equal_a_bidirectional_llama_forward(compose, tiny_paths):
 
     stored = load_file(tiny_paths["llada"] / "model.safetensors")
     assert torch.equal(mapped["lm_head.weight"], stored["model.transformer.ff_out.weight"])
-    assert torch.equal(mapped["model.layers.1.mlp.down_proj.weight"], stored["model.transformer.blocks.1.ff_out.weight"])
+    down = stored["model.transformer.blocks.1.ff_out.weight"]
+    assert torch.equal(mapped["model.layers.1.mlp.down_proj.weight"], down)
 
 
 def test_a_checkpoint_that_does_not_fit_the_mapping_is_refused(compose):
