@@ -30,7 +30,7 @@ from transformers import (
     Qwen3ForSequenceClassification,
 )
 
-VERSION = "tiny-world-v2"
+VERSION = "tiny-world-v3"
 
 DREAM_CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -164,10 +164,23 @@ def _write_dllm(folder: Path, text: list[str]) -> None:
         auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
     )
     (folder / "config.json").write_text(json.dumps(dream, indent=2, sort_keys=True))
+    # Dream ships a slow remote-code tokenizer: vocab.json + merges.txt, special tokens listed
+    # in tokenizer_config.json, no tokenizer.json.
+    fast = json.loads((folder / "tokenizer.json").read_text())
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.json").write_text(json.dumps(fast["model"]["vocab"], ensure_ascii=False))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in fast["model"]["merges"]]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tok_config.pop("backend", None)
     tok_config.update(
         tokenizer_class="DreamTokenizer",
         auto_map={"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+        added_tokens_decoder={
+            str(t["id"]): {"content": t["content"], "special": True, "lstrip": False, "rstrip": False,
+                           "normalized": False, "single_word": False}
+            for t in fast["added_tokens"]
+        },
     )
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, sort_keys=True))
 
