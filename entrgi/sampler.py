@@ -79,9 +79,20 @@ class DiffusionSampler:
     ) -> Generation:
         """Sample K responses for each prompt; `prompt_ids` key the random streams."""
         canvas, attention = self.build_canvas([self.model.encode_prompt(p) for p in prompts])
-        start = canvas.shape[1] - self.max_new_tokens
         noise = TrajectoryNoise.for_prompts(seed, prompt_ids, self.num_samples, device=canvas.device)
         self.guidance.begin_batch(prompts, self.num_samples, self.max_new_tokens)
+        per_step = self.denoise(canvas, attention, noise, progress)
+        responses = canvas[:, canvas.shape[1] - self.max_new_tokens :].cpu()
+        return Generation(responses=responses, steps=_steps_to_host(per_step, self.schedule))
+
+    def denoise(
+        self, canvas: torch.Tensor, attention: torch.Tensor, noise: TrajectoryNoise, progress: bool = False
+    ) -> list[dict[str, torch.Tensor]]:
+        """Run every denoising step on `canvas` in place; statistics stay on the device.
+
+        Nothing in here reads a device value on the host (tests run it with host reads forbidden).
+        """
+        start = canvas.shape[1] - self.max_new_tokens
         length = self.max_new_tokens
         per_step = []
         for step in tqdm(range(self.schedule.steps), desc="denoising", leave=False, disable=not progress):
@@ -100,7 +111,7 @@ class DiffusionSampler:
             )
             canvas[:, start:] = torch.where(commit, tokens, response)
             per_step.append({"masked": masked.sum(-1).float().mean(), **steered.stats})
-        return Generation(responses=canvas[:, start:].cpu(), steps=_steps_to_host(per_step, self.schedule))
+        return per_step
 
 
 def _steps_to_host(per_step: list[dict[str, torch.Tensor]], schedule: UnmaskSchedule) -> list[dict[str, float]]:

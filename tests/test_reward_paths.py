@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from entrgi.rewards.vocab_bridge import build_vocab_bridge
@@ -76,3 +77,35 @@ def test_vocab_bridge_maps_by_token_string(tiny_model, tiny_reward):
     expected = sum(t in rm_vocab for t in dllm_tokens) / len(dllm_tokens)
     assert abs(bridge.coverage - expected) < 1e-9
     assert 0.3 < bridge.coverage < 1.0  # the vocabularies overlap but differ, like Dream's and Qwen3's
+
+
+@pytest.mark.parametrize("hide", [0, 3])
+def test_prefix_cache_matches_the_full_pass(tiny_paths, hide):
+    """Scores and gradients with the cached prefix keys/values equal a full RM pass (prompts of different lengths)."""
+    from entrgi.rewards import RewardModel
+
+    results = []
+    for cached in (False, True):
+        reward = RewardModel(str(tiny_paths["reward"]), prefix_cache=cached, device="cpu")
+        tokens, visible = _rm_tokens(reward, RESPONSES)
+        if hide:
+            visible[:, -hide:] = False
+        layout = reward.layout(PROMPTS, 2, tokens.shape[1])
+        assert (layout.prefix_cache is not None) == cached
+        embeds = reward.embedding_table[tokens.repeat_interleave(2, 0)].clone().requires_grad_(True)
+        scores = reward.score_embeds(layout, embeds, visible.repeat_interleave(2, 0))
+        scores.sum().backward()
+        results.append((scores.detach(), embeds.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)
+
+
+def test_prefix_cache_survives_repeated_passes(tiny_reward):
+    """Each pass starts from the prefix alone: a second pass gives the same score as the first."""
+    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
+    layout = tiny_reward.layout(PROMPTS, 1, tokens.shape[1])
+    assert layout.prefix_cache is not None
+    embeds = tiny_reward.embedding_table[tokens].clone().requires_grad_(True)
+    first = tiny_reward.score_embeds(layout, embeds, visible)
+    first.sum().backward()
+    torch.testing.assert_close(tiny_reward.score_embeds(layout, embeds, visible).detach(), first.detach())

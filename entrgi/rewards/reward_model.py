@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import transformers
 from omegaconf import MISSING
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
 
 from entrgi.checkpoints import resolve_checkpoint, resolve_device, resolve_dtype
 from entrgi.validation import one_of, ranged
@@ -29,6 +31,7 @@ class RewardModelConfig:
     tokenizer_class: str | None = None
     batch_size: int = ranged(8, low=1)
     gradient_checkpointing: bool = False
+    prefix_cache: bool = True
     device: str = "auto"
     dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
 
@@ -39,15 +42,19 @@ _PLACEHOLDER = "\u2063ENTRGI_RESPONSE\u2063"
 
 @dataclass
 class RewardInputLayout:
-    """Where each trajectory's response sits in the RM input; built once per batch.
+    """The constant parts of the RM input for one batch: [left pad | prefix | response | suffix | right pad].
 
-    Rows are left-padded: [pad | prefix_n | response (L) | suffix_n], so prompts whose
-    template parts differ in length share one tensor and no row is pooled at padding.
+    The response occupies the same L columns in every row, so the RM input is a
+    concatenation. The prefix (template and prompt) never changes during a batch: with the
+    prefix cache its keys/values are computed here once, and every RM pass runs over the
+    response and suffix only.
     """
 
-    constant_embeds: torch.Tensor  # [N, W, d] prefix and suffix embeddings, zeros elsewhere
-    response_columns: torch.Tensor  # [N, L] column of response position l in row n
-    real: torch.Tensor  # [N, W] bool: prefix and suffix tokens (response columns are False)
+    prefix_embeds: torch.Tensor  # [N, P, d], zeros at padding
+    suffix_embeds: torch.Tensor  # [N, S, d]
+    prefix_real: torch.Tensor  # [N, P] bool
+    suffix_real: torch.Tensor  # [N, S] bool
+    prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values), no grad
 
 
 class RewardModel:
@@ -60,6 +67,7 @@ class RewardModel:
         tokenizer_class: str | None = None,
         batch_size: int = 8,
         gradient_checkpointing: bool = False,
+        prefix_cache: bool = True,
         device: str = "auto",
         dtype: str = "auto",
     ):
@@ -70,6 +78,8 @@ class RewardModel:
             batch_size: conversations per forward pass on the text path.
             gradient_checkpointing: recompute RM activations in the backward pass of guidance,
                 trading time for memory (the RM backward dominates guidance memory).
+            prefix_cache: compute the keys/values of the template prefix and prompt once per
+                batch instead of in every RM pass (not combined with checkpointing).
         """
         folder = resolve_checkpoint(path, "reward.path")
         self.device = resolve_device(device)
@@ -92,6 +102,8 @@ class RewardModel:
         if self.network.config.pad_token_id is None:  # batched pooling needs it
             self.network.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size = batch_size
+        self.gradient_checkpointing = gradient_checkpointing
+        self.prefix_cache = prefix_cache
 
     def render(self, prompt: str, response: str) -> str:
         """The conversation as the RM was trained to read it."""
@@ -112,19 +124,48 @@ class RewardModel:
     @torch.no_grad()
     def layout(self, prompts: list[str], num_samples: int, response_length: int) -> RewardInputLayout:
         """The constant part of the RM input for prompts repeated K times (prompt-major rows)."""
-        parts = [self.template_parts(p) for p in prompts for _ in range(num_samples)]
-        width = max(len(pre) + len(suf) for pre, suf in parts) + response_length
-        ids, real, columns = [], [], []
-        for prefix, suffix in parts:
-            pad = width - len(prefix) - response_length - len(suffix)
-            start = pad + len(prefix)
-            ids.append([0] * pad + prefix + [0] * response_length + suffix)
-            real.append([False] * pad + [True] * len(prefix) + [False] * response_length + [True] * len(suffix))
-            columns.append(list(range(start, start + response_length)))
-        ids_t = torch.tensor(ids, device=self.device)
-        real_t = torch.tensor(real, device=self.device)
-        embeds = self.network.get_input_embeddings()(ids_t) * real_t.unsqueeze(-1)
-        return RewardInputLayout(embeds, torch.tensor(columns, device=self.device), real_t)
+        parts = [self.template_parts(p) for p in prompts]
+        prefix_width = max(len(prefix) for prefix, _ in parts)
+        suffix_width = max(len(suffix) for _, suffix in parts)
+        prefix_ids = [[0] * (prefix_width - len(pre)) + pre for pre, _ in parts]
+        suffix_ids = [suf + [0] * (suffix_width - len(suf)) for _, suf in parts]
+        prefix_real = [[False] * (prefix_width - len(pre)) + [True] * len(pre) for pre, _ in parts]
+        suffix_real = [[True] * len(suf) + [False] * (suffix_width - len(suf)) for _, suf in parts]
+
+        def embed(ids, real):
+            real = torch.tensor(real, device=self.device, dtype=torch.bool).reshape(len(parts), -1)
+            ids = torch.tensor(ids, device=self.device, dtype=torch.long).reshape(len(parts), -1)
+            return self.network.get_input_embeddings()(ids) * real.unsqueeze(-1), real
+
+        prefix_embeds, prefix_mask = embed(prefix_ids, prefix_real)
+        suffix_embeds, suffix_mask = embed(suffix_ids, suffix_real)
+        cache = None
+        # A row whose suffix is empty may be pooled inside the prefix; checkpointing recomputes
+        # layers and would append to the cache twice: both take the uncached path.
+        if self.prefix_cache and suffix_width and all(suf for _, suf in parts) and not self.gradient_checkpointing:
+            positions = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
+            out = self.network.base_model(
+                inputs_embeds=prefix_embeds, attention_mask=self._mask(prefix_embeds, prefix_mask, positions),
+                position_ids=positions, past_key_values=DynamicCache(), use_cache=True,
+            )
+            cache = [
+                (keys.repeat_interleave(num_samples, 0), values.repeat_interleave(num_samples, 0))
+                for keys, values, *_ in out.past_key_values
+            ]
+
+        def per_sample(tensor):
+            return tensor.repeat_interleave(num_samples, 0)
+
+        return RewardInputLayout(
+            per_sample(prefix_embeds), per_sample(suffix_embeds), per_sample(prefix_mask), per_sample(suffix_mask), cache
+        )
+
+    def _mask(self, embeds, visible, positions, past=None):
+        """The causal + padding mask, always materialised: deciding to skip it reads the GPU."""
+        return create_causal_mask(
+            config=self.network.config, inputs_embeds=embeds, attention_mask=visible, past_key_values=past,
+            position_ids=positions, allow_is_causal_skip=False,
+        )
 
     def score_embeds(
         self, layout: RewardInputLayout, response_embeds: torch.Tensor, response_visible: torch.Tensor
@@ -132,19 +173,24 @@ class RewardModel:
         """Differentiable float32 scores [N] of responses given as embeddings [N, L, d].
 
         `response_visible` [N, L] hides response positions from the RM (after the first EOS).
-        Positions count visible tokens only, as if hidden ones were not there.
+        Positions count visible tokens only, as if hidden ones were not there, and each row
+        is pooled at its last visible position.
         """
-        d = layout.constant_embeds.shape[-1]
-        columns = layout.response_columns
-        embeds = layout.constant_embeds.scatter(
-            1, columns.unsqueeze(-1).expand(-1, -1, d), response_embeds.to(layout.constant_embeds.dtype)
-        )
-        visible = layout.real.scatter(1, columns, response_visible)
+        dtype = layout.prefix_embeds.dtype
+        visible = torch.cat([layout.prefix_real, response_visible, layout.suffix_real], dim=1)
         positions = (visible.long().cumsum(-1) - 1).clamp(min=0)
+        if layout.prefix_cache is None:
+            offset, past = 0, None
+            embeds = torch.cat([layout.prefix_embeds, response_embeds.to(dtype), layout.suffix_embeds], dim=1)
+        else:
+            offset, past = layout.prefix_real.shape[1], DynamicCache(layout.prefix_cache)
+            embeds = torch.cat([response_embeds.to(dtype), layout.suffix_embeds], dim=1)
+        positions = positions[:, offset:]
         hidden = self.network.base_model(
-            inputs_embeds=embeds, attention_mask=visible.long(), position_ids=positions
+            inputs_embeds=embeds, attention_mask=self._mask(embeds, visible, positions, past),
+            position_ids=positions, past_key_values=past, use_cache=past is not None,
         ).last_hidden_state
-        last = (visible.long() * torch.arange(visible.shape[1], device=visible.device)).argmax(-1)
+        last = (visible.long() * torch.arange(visible.shape[1], device=visible.device)).argmax(-1) - offset
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.network.score(pooled)[:, 0].float()
 

@@ -1,0 +1,62 @@
+"""The denoising loop never reads a device value on the host (the guided step must not wait on the GPU).
+
+On a CPU there is no device to wait for, so the check is structural: while `denoise` runs,
+every Tensor method that copies a value to the host raises. Adam's step counter is a CPU
+tensor by design (also on CUDA) and is read inside torch.optim; that is allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import pytest
+import torch
+
+from entrgi.guidance import NoGuidance, RewardGradientGuidance
+from entrgi.noise import TrajectoryNoise
+from entrgi.sampler import DiffusionSampler
+from entrgi.schedule import EntropySchedule, LowConfidenceSchedule, MaskGitPlusSchedule, OriginSchedule
+
+HOST_READS = ["item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero"]
+
+
+@contextlib.contextmanager
+def host_reads_forbidden():
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def forbid(name):
+        def read(self, *args, **kwargs):
+            if "torch/optim" in sys._getframe(1).f_code.co_filename:
+                return saved[name](self, *args, **kwargs)
+            raise AssertionError(f"Tensor.{name} called inside the denoising loop")
+
+        return read
+
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, forbid(name))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def test_the_guard_catches_a_host_read():
+    with pytest.raises(AssertionError, match="item"), host_reads_forbidden():
+        torch.ones(1).sum().item()
+
+
+@pytest.mark.parametrize("rule", [None, "soft", "aps", "entrgi"])
+@pytest.mark.parametrize("schedule", [EntropySchedule, MaskGitPlusSchedule, OriginSchedule, LowConfidenceSchedule])
+def test_denoise_reads_nothing_back(tiny_model, tiny_reward, rule, schedule):
+    guidance = RewardGradientGuidance(tiny_model, tiny_reward, rule=rule, keep="best") if rule else NoGuidance()
+    options = {"block_length": 3} if schedule is LowConfidenceSchedule else {"alg_temp": 0.5}
+    sampler = DiffusionSampler(tiny_model, schedule(steps=4, **options), guidance, num_samples=2, max_new_tokens=6)
+    prompts = ["Describe the cat.", "Why is the old robot happy?"]
+    canvas, attention = sampler.build_canvas([tiny_model.encode_prompt(p) for p in prompts])
+    guidance.begin_batch(prompts, 2, 6)
+    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2)
+    with host_reads_forbidden():
+        steps = sampler.denoise(canvas, attention, noise)
+    assert len(steps) == 4
