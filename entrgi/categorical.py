@@ -9,16 +9,27 @@ import torch
 from torch import Tensor
 
 
-def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+def top_p_filter(logits: Tensor, top_p: float, candidates: int | None = None) -> Tensor:
     """Nucleus filter over the last dim: keep the smallest top set with mass ≥ top_p.
 
     A token is kept iff the mass of the strictly more probable tokens is < top_p, so the
     top-1 always survives; the rest become -inf. top_p = 1 returns the input itself.
+
+    `candidates` = k looks for the nucleus among the k most probable tokens only (a top-k
+    selection instead of sorting the whole vocabulary). The result is the same whenever
+    those k tokens hold at least top_p of the mass; where they do not, the nucleus is cut
+    at k tokens.
     """
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_p == 1.0:
         return logits
+    if candidates is not None and candidates < logits.shape[-1]:
+        top_logits, order = torch.topk(logits, candidates, dim=-1, sorted=True)
+        top_probs = torch.exp(top_logits.float() - torch.logsumexp(logits.float(), dim=-1, keepdim=True))
+        keep = (torch.cumsum(top_probs, dim=-1) - top_probs) < top_p
+        kept = torch.where(keep, top_logits, torch.full_like(top_logits, float("-inf")))
+        return torch.full_like(logits, float("-inf")).scatter(-1, order, kept)
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     sorted_probs = torch.softmax(sorted_logits.float(), dim=-1)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs

@@ -21,6 +21,7 @@ from entrgi.models import DiffusionLMConfig
 from entrgi.rewards import RewardModelConfig
 from entrgi.sampler import SamplerConfig
 from entrgi.schedule import LowConfidenceConfig, ScheduleConfig
+from entrgi.validation import ranged
 
 
 @dataclass
@@ -43,10 +44,27 @@ class RunConfig:
     name: str = "default"
 
 
-def _tiny_world_path(part: str) -> str:
+@dataclass
+class PerfSettings:
+    """What `python -m entrgi.perf` measures."""
+
+    methods: list[str] = field(default_factory=lambda: ["none", "soft", "aps", "entrgi"])
+    repeats: int = ranged(3, low=1)
+    warmup: int = ranged(1, low=0)
+    output: str = "perf.json"
+
+
+@dataclass
+class PerfConfig(RunConfig):
+    """The run config plus the benchmark command's own settings."""
+
+    perf: PerfSettings = field(default_factory=PerfSettings)
+
+
+def _tiny_world_path(part: str, size: str = "tiny") -> str:
     from entrgi.tiny_world import ensure_tiny_world
 
-    return str(ensure_tiny_world()[part])
+    return str(ensure_tiny_world(size)[part])
 
 
 def _data_file(name: str) -> str:
@@ -56,7 +74,9 @@ def _data_file(name: str) -> str:
 def register() -> None:
     """Put the schemas in the ConfigStore and the resolvers in OmegaConf (idempotent)."""
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
+    # The root schema is a group of its own so that `perf.yaml` can swap it for PerfConfig.
+    cs.store(group="root", name="run", node=RunConfig, package="_global_")
+    cs.store(group="root", name="perf", node=PerfConfig, package="_global_")
     schemas = {
         "model": DiffusionLMConfig,
         "reward": RewardModelConfig,

@@ -68,6 +68,21 @@ class UnmaskSchedule:
     def check_length(self, length: int) -> None:
         """Raise ConfigError when the schedule cannot denoise `length` response tokens."""
 
+    def planned_counts(self, length: int) -> list[tuple[int, int]] | None:
+        """(masked, committed) counts per step for a fully masked response of `length`.
+
+        Every trajectory follows the same counts under the rank-based rules, so they are
+        known on the host before the loop (computed with the same float32 arithmetic).
+        """
+        masked = torch.ones(1, length, dtype=torch.bool)
+        plan, done = [], 0
+        for step in range(self.steps):
+            commit = int(self.commit_count(self.candidates(masked, step), step)[0])
+            plan.append((length - done, commit))
+            masked[0, done : done + commit] = False  # left to right: stays inside LLaDA's current block
+            done += commit
+        return plan
+
     def candidates(self, masked: torch.Tensor, step: int) -> torch.Tensor:
         """Boolean [N, L]: the positions that may be committed at `step`."""
         return masked
@@ -107,6 +122,9 @@ class UnmaskSchedule:
 
 class OriginSchedule(UnmaskSchedule):
     """Each masked position is revealed independently with probability 1 - s/t."""
+
+    def planned_counts(self, length):
+        return None  # random per trajectory
 
     def commit_mask(self, masked, tokens, order_probs, step, noise, eos_token_id):
         if step == self.steps - 1:

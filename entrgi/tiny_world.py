@@ -32,6 +32,13 @@ from transformers import (
 
 VERSION = "tiny-world-v3"
 
+# Network sizes: `tiny` for tests and the quick start, `mid` for performance measurements
+# where model compute is not negligible next to Python overhead.
+SIZES = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "mid": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 8},
+}
+
 DREAM_CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- if loop.first and message.role != 'system' %}"
@@ -140,7 +147,7 @@ def _train_tokenizer(text: list[str], vocab_size: int, special_tokens: list[str]
     return tokenizer
 
 
-def _write_dllm(folder: Path, text: list[str]) -> None:
+def _write_dllm(folder: Path, text: list[str], size: dict[str, int]) -> None:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
     raw = _train_tokenizer(text, vocab_size=420, special_tokens=specials)
     tok = PreTrainedTokenizerFast(
@@ -151,8 +158,8 @@ def _write_dllm(folder: Path, text: list[str]) -> None:
     ids = {name: raw.token_to_id(name) for name in specials}
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=raw.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        vocab_size=raw.get_vocab_size(), **size, num_key_value_heads=size["num_attention_heads"] // 2,
+        max_position_embeddings=512,
         tie_word_embeddings=False, initializer_range=0.25, bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
     )
@@ -185,7 +192,7 @@ def _write_dllm(folder: Path, text: list[str]) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, sort_keys=True))
 
 
-def _write_llada(folder: Path, text: list[str]) -> None:
+def _write_llada(folder: Path, text: list[str], size: dict[str, int]) -> None:
     specials = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                 "<|mdm_mask|>"]
     raw = _train_tokenizer(text, vocab_size=400, special_tokens=specials)
@@ -198,8 +205,8 @@ def _write_llada(folder: Path, text: list[str]) -> None:
     ids = {name: raw.token_to_id(name) for name in specials}
     torch.manual_seed(2)
     llama = LlamaForCausalLM(LlamaConfig(
-        vocab_size=raw.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-5,
+        vocab_size=raw.get_vocab_size(), **size, num_key_value_heads=size["num_attention_heads"],
+        rope_theta=500000.0, rms_norm_eps=1e-5,
         tie_word_embeddings=False, initializer_range=0.25,
     ))
     llama.save_pretrained(folder)
@@ -213,7 +220,9 @@ def _write_llada(folder: Path, text: list[str]) -> None:
     config = {  # LLaDA's own config.json keys (OLMo style)
         "architectures": ["LLaDAModelLM"], "model_type": "llada",
         "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM"},
-        "d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 128, "mlp_ratio": 2,
+        "d_model": size["hidden_size"], "n_heads": size["num_attention_heads"],
+        "n_kv_heads": size["num_attention_heads"], "n_layers": size["num_hidden_layers"],
+        "mlp_hidden_size": size["intermediate_size"], "mlp_ratio": size["intermediate_size"] // size["hidden_size"],
         "vocab_size": raw.get_vocab_size(), "embedding_size": raw.get_vocab_size(), "max_sequence_length": 512,
         "rope": True, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "layer_norm_type": "rms",
         "activation_type": "silu", "block_type": "llama", "include_bias": False, "weight_tying": False,
@@ -223,7 +232,7 @@ def _write_llada(folder: Path, text: list[str]) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def _write_reward(folder: Path, text: list[str]) -> None:
+def _write_reward(folder: Path, text: list[str], size: dict[str, int]) -> None:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
     raw = _train_tokenizer(text, vocab_size=360, special_tokens=specials)
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>")
@@ -231,8 +240,8 @@ def _write_reward(folder: Path, text: list[str]) -> None:
     tok.save_pretrained(folder)
     torch.manual_seed(1)
     config = Qwen3Config(
-        vocab_size=raw.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+        vocab_size=raw.get_vocab_size(), **size, num_key_value_heads=size["num_attention_heads"] // 2,
+        head_dim=size["hidden_size"] // size["num_attention_heads"], max_position_embeddings=1024,
         tie_word_embeddings=False, num_labels=1, pad_token_id=raw.token_to_id("<|endoftext|>"),
         eos_token_id=raw.token_to_id("<|im_end|>"),
     )
@@ -243,24 +252,26 @@ def default_root() -> Path:
     return Path(os.environ.get("ENTRGI_CACHE", Path.home() / ".cache" / "entrgi"))
 
 
-def ensure_tiny_world(root: Path | None = None) -> dict[str, Path]:
-    """Folders of the tiny dLLM and RM, building them once (safe under concurrent jobs)."""
+def ensure_tiny_world(size: str = "tiny", root: Path | None = None) -> dict[str, Path]:
+    """Folders of the dLLMs and RM of one size, building them once (safe under concurrent jobs)."""
+    if size not in SIZES:
+        raise ValueError(f"tiny world size {size!r} is not one of {', '.join(SIZES)}")
     root = Path(root or default_root())
-    target = root / VERSION
-    paths = {"dllm": target / "dream-tiny", "llada": target / "llada-tiny", "reward": target / "skywork-tiny"}
+    target = root / VERSION / size
+    paths = {"dllm": target / "dream", "llada": target / "llada", "reward": target / "skywork"}
     if (target / "complete").is_file():
         return paths
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{VERSION}.lock")):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f"{size}.lock")):
         if (target / "complete").is_file():
             return paths
-        staging = Path(tempfile.mkdtemp(prefix=f"{VERSION}.", dir=root))
+        staging = Path(tempfile.mkdtemp(prefix=f"{size}.", dir=target.parent))
         staging.chmod(0o755)
         text = corpus()
-        _write_dllm(staging / "dream-tiny", text)
-        _write_llada(staging / "llada-tiny", text)
-        _write_reward(staging / "skywork-tiny", text)
-        (staging / "complete").write_text(VERSION + "\n")
+        _write_dllm(staging / "dream", text, SIZES[size])
+        _write_llada(staging / "llada", text, SIZES[size])
+        _write_reward(staging / "skywork", text, SIZES[size])
+        (staging / "complete").write_text(f"{VERSION} {size}\n")
         if target.exists():  # a half-built leftover from an interrupted build
             shutil.rmtree(target)
         staging.rename(target)

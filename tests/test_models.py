@@ -49,7 +49,7 @@ def test_the_two_tiny_vocabularies_differ(tiny_model, tiny_reward):
 
 def test_tiny_world_build_is_deterministic(tiny_paths, tmp_path):
     """A fresh build writes byte-identical files, so every machine has the same tiny models."""
-    fresh = ensure_tiny_world(tmp_path)
+    fresh = ensure_tiny_world(root=tmp_path)
     for part in ("dllm", "reward"):
         names = sorted(p.name for p in tiny_paths[part].iterdir())
         assert names == sorted(p.name for p in fresh[part].iterdir())

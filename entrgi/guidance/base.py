@@ -22,6 +22,9 @@ class GuidanceContext:
     response: torch.Tensor  # [N, L] current response tokens, masks included
     masked: torch.Tensor  # [N, L] bool, still-masked positions
     noise: TrajectoryNoise
+    # (masked, to be committed) counts per trajectory at this step, known in advance for
+    # the deterministic schedules; None for `origin`.
+    planned: tuple[int, int] | None = None
 
 
 @dataclass

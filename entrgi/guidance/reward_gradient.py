@@ -40,9 +40,12 @@ class RewardGradientConfig(GuidanceConfig):
     optimizer: str = one_of("adam", *_OPTIMIZERS)
     every: int = ranged(1, low=1)
     keep: str = one_of("last", "last", "best")
+    focus_margin: int | None = ranged(None, low=0, optional=True)
     eos_mask_from: str = one_of("argmax", "argmax", "sampled")
-    temperature: float = ranged(0.7, low=0.0, low_open=True)
-    top_p: float = ranged(0.95, low=0.0, high=1.0, low_open=True)
+    # Shared with the sampler by default: the hard draw and the commit step use the same τ and top-p.
+    temperature: float = ranged("${sampler.temperature}", low=0.0, low_open=True)
+    top_p: float = ranged("${sampler.top_p}", low=0.0, high=1.0, low_open=True)
+    top_p_candidates: int | None = ranged("${sampler.top_p_candidates}", low=1, optional=True)
     min_coverage: float = ranged(0.0, low=0.0, high=1.0)
 
 
@@ -54,10 +57,12 @@ class RewardGradientGuidance(Guidance):
         M, eta, optimizer: gradient steps per guided denoising step, learning rate, optimiser.
         every: guide denoising steps 0, every, 2·every, ... (1 = all, as in the paper).
         keep: return the last iterate (the reference) or, per trajectory, the best-scored one.
+        focus_margin: optimise only the masked positions the schedule will commit this step
+            (ranked by unguided confidence) plus this many more; None optimises all (the paper).
         eos_mask_from: which tokens decide the first EOS that hides the rest of the response
             from the RM: argmax of φ (the reference) or the sampled hard tokens.
         temperature, top_p: τ of the soft path and of the hard-token draw; top-p applies
-            to the hard draw only.
+            to the hard draw only (`top_p_candidates`: see `categorical.top_p_filter`).
         min_coverage: fail when fewer dLLM tokens than this map exactly into the RM vocabulary.
     """
 
@@ -71,16 +76,18 @@ class RewardGradientGuidance(Guidance):
         optimizer: str = "adam",
         every: int = 1,
         keep: str = "last",
+        focus_margin: int | None = None,
         eos_mask_from: str = "argmax",
         temperature: float = 0.7,
         top_p: float = 0.95,
+        top_p_candidates: int | None = None,
         min_coverage: float = 0.0,
     ):
         self.reward = reward
         self.rule = MixRule.parse(rule)
         self.M, self.eta, self.optimizer_cls = M, eta, _OPTIMIZERS[optimizer]
-        self.every, self.keep, self.eos_mask_from = every, keep, eos_mask_from
-        self.temperature, self.top_p = temperature, top_p
+        self.every, self.keep, self.focus_margin, self.eos_mask_from = every, keep, focus_margin, eos_mask_from
+        self.temperature, self.top_p, self.top_p_candidates = temperature, top_p, top_p_candidates
         self.eos_token_id = model.eos_token_id
         bridge = build_vocab_bridge(model.tokenizer, reward.tokenizer, model.vocab_size)
         self.coverage = bridge.coverage
@@ -112,29 +119,48 @@ class RewardGradientGuidance(Guidance):
         counts = torch.bincount((h_bin * n + e_bin).flatten(), weights=masked.flatten().float(), minlength=n * n)
         self.histogram += counts.view(n, n)
 
+    def _free_positions(self, logits: torch.Tensor, masked: torch.Tensor, context: GuidanceContext) -> torch.Tensor:
+        """Response positions [N, F] whose logits are optimised: all of them, or with `focus_margin`
+        the masked positions the schedule is about to commit (by unguided confidence) plus a margin."""
+        n, length = masked.shape
+        if self.focus_margin is None or context.planned is None:
+            return torch.arange(length, device=masked.device).expand(n, length)
+        n_masked, n_commit = context.planned
+        focus = max(1, min(n_masked, n_commit + self.focus_margin))
+        confidence = torch.softmax(logits.detach().float(), dim=-1).amax(dim=-1)
+        return torch.where(masked, confidence, torch.full_like(confidence, -1.0)).topk(focus, dim=-1).indices
+
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
         if context.step % self.every:
             return Steered(logits=logits, stats={})
         masked, response, noise = context.masked, context.response, context.noise
-        n_masked = masked.sum().clamp(min=1).float()
-        phi = logits.detach().float().clone().requires_grad_(True)
+        vocab, length = logits.shape[-1], response.shape[-1]
+        free = self._free_positions(logits, masked, context)  # [N, F]
+        free_masked = masked.gather(1, free)
+        n_free = free_masked.sum().clamp(min=1).float()
+        rows = free.unsqueeze(-1)
+        phi_init = logits.detach().float()
+        phi = phi_init.gather(1, rows.expand(-1, -1, vocab)).requires_grad_(True)
         optimizer = self.optimizer_cls([phi], lr=self.eta)
+        # What the RM reads where nothing is optimised: committed tokens, and masked positions
+        # outside the focus at their unguided mix (drawn once per step).
         committed = self.table[response]
+        fixed = self._fixed_embeddings(phi_init, committed, masked, context)
+        argmax_init = phi_init.argmax(-1)
         best_phi = phi.detach().clone()
         best_score = torch.full((phi.shape[0],), float("-inf"), device=phi.device)
         curve, sums = [], {"entropy": 0.0, "w": 0.0, "E": 0.0, "D": 0.0}
-        length = response.shape[-1]
         for iteration in range(self.M):
             current = phi.detach()
             ent = entropy(current)
             weight = mix_weight(self.rule, current, entropy_nats=ent)
-            hard = sample_from_uniform(
-                top_p_filter(current / self.temperature, self.top_p),
-                noise.uniform(Stream.GUIDANCE_TOKEN, context.step, length, iteration),
-            )
+            uniforms = noise.uniform(Stream.GUIDANCE_TOKEN, context.step, length, iteration).gather(1, free)
+            hard = sample_from_uniform(top_p_filter(current / self.temperature, self.top_p, self.top_p_candidates),
+                                       uniforms)
             mix = relaxed_embeddings(phi, self.table, hard, weight, self.temperature, entropy_nats=ent)
-            embeds = torch.where(masked.unsqueeze(-1), mix.embeds, committed)
-            proposal = current.argmax(-1) if self.eos_mask_from == "argmax" else hard
+            embeds = fixed.scatter(1, rows.expand(-1, -1, fixed.shape[-1]), mix.embeds.to(fixed.dtype))
+            embeds = torch.where(masked.unsqueeze(-1), embeds, committed)  # committed tokens stay hard
+            proposal = argmax_init.scatter(1, free, current.argmax(-1) if self.eos_mask_from == "argmax" else hard)
             scores = self.reward.score_embeds(self.layout, embeds, self._visible(response, masked, proposal))
             optimizer.zero_grad(set_to_none=True)
             (-scores.sum()).backward()
@@ -145,12 +171,24 @@ class RewardGradientGuidance(Guidance):
             optimizer.step()
             curve.append(scores.detach().mean())
             for key, value in (("entropy", ent), ("w", weight), ("E", mix.approx_error), ("D", mix.ood_distance)):
-                sums[key] = sums[key] + (value * masked).sum() / n_masked
-            self._accumulate_histogram(ent, mix.approx_error, masked)
-        guided = best_phi if self.keep == "best" else phi.detach()
+                sums[key] = sums[key] + (value * free_masked).sum() / n_free
+            self._accumulate_histogram(ent, mix.approx_error, free_masked)
+        final = best_phi if self.keep == "best" else phi.detach()
         stats = {f"{key}_mean": value / self.M for key, value in sums.items()}
         stats["reward_curve"] = torch.stack(curve)
-        return Steered(logits=guided, stats=stats)
+        return Steered(logits=phi_init.scatter(1, rows.expand(-1, -1, vocab), final), stats=stats)
+
+    def _fixed_embeddings(self, phi_init, committed, masked, context) -> torch.Tensor:
+        if self.focus_margin is None or context.planned is None:
+            return committed
+        ent = entropy(phi_init)
+        hard = sample_from_uniform(
+            top_p_filter(phi_init / self.temperature, self.top_p, self.top_p_candidates),
+            context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, masked.shape[-1]),
+        )
+        weight = mix_weight(self.rule, phi_init, entropy_nats=ent)
+        unguided = relaxed_embeddings(phi_init, self.table, hard, weight, self.temperature, entropy_nats=ent).embeds
+        return torch.where(masked.unsqueeze(-1), unguided.detach().to(self.table.dtype), committed)
 
     def summary(self) -> dict:
         return {"vocab_coverage": self.coverage}

@@ -1,0 +1,99 @@
+"""Speed options (off by default) and the perf command: what they change and what they keep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from entrgi.categorical import top_p_filter
+from entrgi.guidance import NoGuidance, RewardGradientGuidance
+from entrgi.sampler import DiffusionSampler
+from entrgi.schedule import EntropySchedule, LowConfidenceSchedule, MaskGitPlusSchedule, OriginSchedule
+
+PROMPTS = ["Describe the small cat.", "Why is the robot happy?"]
+IDS = ["p0", "p1"]
+
+
+def test_top_p_candidates_equal_the_full_sort_when_they_cover_the_nucleus():
+    logits = torch.randn(32, 500, generator=torch.Generator().manual_seed(0)) * 6
+    full = top_p_filter(logits, 0.9)
+    assert (full > float("-inf")).sum(-1).max() < 50
+    assert torch.equal(top_p_filter(logits, 0.9, candidates=64), full)
+
+
+def test_top_p_candidates_cut_a_wider_nucleus_at_k():
+    logits = torch.zeros(2, 100)  # uniform: the 0.9 nucleus holds 90 tokens
+    cut = top_p_filter(logits, 0.9, candidates=10)
+    assert ((cut > float("-inf")).sum(-1) == 10).all()
+
+
+@pytest.mark.parametrize("schedule", [EntropySchedule(steps=5), MaskGitPlusSchedule(steps=3, alg_temp=0.3),
+                                      LowConfidenceSchedule(steps=6, block_length=4)])
+def test_planned_counts_match_what_the_sampler_does(tiny_model, schedule):
+    sampler = DiffusionSampler(tiny_model, schedule, NoGuidance(), num_samples=2,
+                               max_new_tokens=12)
+    steps = sampler.generate(PROMPTS, IDS, seed=0).steps
+    plan = schedule.planned_counts(12)
+    assert [row["masked"] for row in steps] == [float(m) for m, _ in plan]
+    assert sum(c for _, c in plan) == 12
+
+
+def test_origin_has_no_plan():
+    assert OriginSchedule(steps=4).planned_counts(8) is None
+
+
+def _responses(model, reward, **options):
+    guidance = RewardGradientGuidance(model, reward, M=2, eta=3.0, **options)
+    sampler = DiffusionSampler(model, EntropySchedule(steps=4), guidance, num_samples=2, max_new_tokens=8)
+    return sampler.generate(PROMPTS, IDS, seed=4)
+
+
+def test_focus_covering_every_masked_position_changes_nothing(tiny_model, tiny_reward):
+    full = _responses(tiny_model, tiny_reward)
+    focused = _responses(tiny_model, tiny_reward, focus_margin=8)
+    assert torch.equal(full.responses, focused.responses)
+    for a, b in zip(full.steps, focused.steps, strict=True):
+        assert a["reward_curve"] == pytest.approx(b["reward_curve"], abs=1e-5)
+
+
+def test_focus_optimises_only_the_positions_about_to_be_committed(tiny_model, tiny_reward):
+    from entrgi.guidance import GuidanceContext
+    from entrgi.noise import TrajectoryNoise
+
+    guidance = RewardGradientGuidance(tiny_model, tiny_reward, M=2, eta=3.0, focus_margin=1)
+    sampler = DiffusionSampler(tiny_model, EntropySchedule(steps=4), guidance, num_samples=2, max_new_tokens=8)
+    canvas, attention = sampler.build_canvas([tiny_model.encode_prompt(p) for p in PROMPTS])
+    start = canvas.shape[1] - 8
+    logits = tiny_model.logits(canvas, attention, start)
+    response = canvas[:, start:]
+    guidance.begin_batch(PROMPTS, 2, 8)
+    context = GuidanceContext(0, response, response == tiny_model.mask_token_id,
+                              TrajectoryNoise.for_prompts(0, IDS, 2), sampler.plan[0])
+    steered = guidance.steer(logits, context)
+    changed = (steered.logits != logits).any(-1)
+    n_masked, n_commit = sampler.plan[0]
+    assert (changed.sum(-1) == n_commit + 1).all()
+    confidence = torch.softmax(logits, -1).amax(-1)
+    expected = confidence.topk(n_commit + 1, dim=-1).indices.sort(-1).values
+    assert torch.equal(changed.nonzero()[:, 1].view(4, -1), expected)
+
+
+def test_perf_command_writes_its_table(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "entrgi.perf", "experiment=tiny", "perf.methods=[none,entrgi]", "perf.repeats=1",
+         "perf.warmup=0", "schedule.steps=2", "sampler.max_new_tokens=4", "sampler.batch_size=2", "logger=none",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| entrgi |" in out.stdout and "overhead" in out.stdout
+    results = json.loads((tmp_path / "perf.json").read_text())["results"]
+    entrgi = results["entrgi"]["seconds_per_step"]
+    assert entrgi["rm_forward"] > 0 and entrgi["rm_backward"] > 0 and entrgi["dllm_forward"] > 0
+    parts = entrgi["dllm_forward"] + entrgi["rm_forward"] + entrgi["rm_backward"] + entrgi["overhead"]
+    assert parts == pytest.approx(entrgi["total"], rel=1e-6)
+    assert results["none"]["seconds_per_step"]["rm_forward"] == 0
