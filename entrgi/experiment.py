@@ -39,6 +39,8 @@ def _sample_record(prompt: Prompt, responses: list[str], rewards: list[float]) -
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run the job `cfg` describes; returns the summary also written to summary.json."""
     validate(cfg)
+    schedule = instantiate(cfg.schedule)
+    schedule.check_length(cfg.sampler.max_new_tokens)
     # Locate both checkpoints before loading either: a missing 7B fails in seconds.
     resolve_checkpoint(cfg.model.path, "model.path")
     resolve_checkpoint(cfg.reward.path, "reward.path")
@@ -51,11 +53,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     model = instantiate(cfg.model)
     reward: RewardModel = instantiate(cfg.reward)
     guidance = instantiate(cfg.guidance, model=model, reward=reward)
-    sampler = DiffusionSampler(
-        model, instantiate(cfg.schedule), guidance,
-        num_samples=cfg.sampler.num_samples, max_new_tokens=cfg.sampler.max_new_tokens,
-        temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p,
-    )
+    sampler = DiffusionSampler.from_config(model, schedule, guidance, cfg.sampler)
     logger = instantiate(cfg.logger)
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
     summary = None
@@ -84,15 +82,16 @@ def _generate_all(cfg, prompts, sampler, reward, run_dir, logger) -> dict[str, A
         records = [
             _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k]) for i, p in enumerate(batch)
         ]
+        steps = [{"batch": first // batch_size, **row} for row in generation.steps]
         run_dir.append_samples(records)
-        run_dir.append_steps([{"batch": first // batch_size, **row} for row in generation.steps])
+        run_dir.append_steps(steps)
         for row in generation.steps:
             for key in ("entropy_mean", "w_mean", "E_mean", "D_mean"):
                 if key in row:
                     step_means.setdefault(key, []).append(row[key])
         top1 += [r["top1"] for r in records]
         avgk += [r["avgk"] for r in records]
-        logger.log({"top1_running_mean": sum(top1) / len(top1), "prompts_done": len(top1)})
+        logger.log_batch(records, steps)
         progress.update(len(batch))
     progress.close()
     return {

@@ -1,11 +1,13 @@
 """Experiment loggers (the `logger` config group): W&B, or nothing.
 
-A logger is a context manager so that the W&B run is finished, and marked failed, even
-when the job raises.
+The runner calls `start`, then `log_batch` after each batch of prompts (host numbers only:
+nothing here waits on the GPU inside the denoising loop), then `finish` from a `finally`,
+so the W&B run is always closed, and marked failed when the job raised.
 """
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from dataclasses import dataclass, field
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from entrgi.validation import one_of
+
+log = logging.getLogger(__name__)
 
 
 class NullLogger:
@@ -23,6 +27,9 @@ class NullLogger:
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Record a dict of numbers."""
+
+    def log_batch(self, samples: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
+        """One finished batch: its samples.jsonl records and its steps.jsonl rows."""
 
     def finish(self, summary: dict[str, Any] | None, failed: bool) -> None:
         """Close the run; `summary` holds the final numbers when the job completed."""
@@ -48,12 +55,48 @@ def _logged_in() -> bool:
         return False
 
 
+def step_metrics(row: dict[str, Any], index: int) -> dict[str, Any]:
+    """One steps.jsonl row as W&B metrics under `denoise/`, x-axis `denoise/index` (steps of all batches in order)."""
+    metrics = {"denoise/index": index}
+    for key in ("step", "batch", "t", "masked"):
+        if key in row:
+            metrics[f"denoise/{key}"] = row[key]
+    for key in ("entropy_mean", "w_mean", "E_mean", "D_mean"):
+        if key in row:
+            metrics[f"denoise/{key.removesuffix('_mean')}"] = row[key]
+    curve = row.get("reward_curve") or []
+    for i, value in enumerate(curve, start=1):
+        metrics[f"denoise/relaxed_reward_iter{i}"] = value
+    if curve:
+        metrics["denoise/relaxed_reward_gain"] = curve[-1] - curve[0]
+    return metrics
+
+
+def sample_table_row(record: dict[str, Any], k: int) -> list[Any]:
+    """A samples.jsonl record as a row of the W&B samples table (see `WandbLogger.SAMPLE_COLUMNS`)."""
+    rewards = list(record["rewards"]) + [None] * (k - len(record["rewards"]))
+    best = record["best_index"]
+    return [record["prompt_id"], record.get("category"), record["prompt"], record["responses"][best],
+            record["top1"], record["avgk"], *rewards[:k]]
+
+
 class WandbLogger(NullLogger):
-    """One W&B run per job, written under the job's directory."""
+    """One W&B run per job, written under the job's directory.
+
+    Per denoising step: `denoise/*` (entropy, w, E, D, the relaxed reward at each Adam
+    iteration) against `denoise/index`; per batch: running Top@1 / Avg@K against
+    `prompts_done`; at the end: summary.json as the run summary, a `samples` table and the
+    run's figures (`figures/*`) as images.
+    """
+
+    SAMPLE_COLUMNS = ["prompt_id", "category", "prompt", "best_response", "best_reward", "avgk"]
 
     def __init__(self, project="entrgi", entity=None, group=None, tags=(), mode="auto"):
         self.project, self.entity, self.group, self.tags, self.mode = project, entity, group, list(tags), mode
         self.run = None
+        self.output_dir: Path | None = None
+        self._samples: list[dict[str, Any]] = []
+        self._steps_logged = 0
 
     def resolved_mode(self) -> str:
         if self.mode != "auto":
@@ -63,18 +106,63 @@ class WandbLogger(NullLogger):
     def start(self, config, output_dir, name):
         import wandb
 
+        self.output_dir = Path(output_dir)
+        self._samples, self._steps_logged = [], 0
         self.run = wandb.init(
             project=self.project, entity=self.entity, group=self.group, tags=self.tags, name=name,
             config=config, dir=str(output_dir), mode=self.resolved_mode(),
         )
+        self.run.define_metric("denoise/index")
+        self.run.define_metric("denoise/*", step_metric="denoise/index")
+        self.run.define_metric("prompts_done")
+        self.run.define_metric("running/*", step_metric="prompts_done")
+
+    @property
+    def recording(self) -> bool:
+        return self.run is not None and not getattr(self.run, "disabled", False)
 
     def log(self, metrics, step=None):
         self.run.log(metrics, step=step)
 
+    def log_batch(self, samples, steps):
+        if not self.recording:
+            return
+        for row in steps:
+            self.run.log(step_metrics(row, self._steps_logged))
+            self._steps_logged += 1
+        self._samples += samples
+        n = len(self._samples)
+        self.run.log({
+            "prompts_done": n,
+            "running/top1_mean": sum(r["top1"] for r in self._samples) / n,
+            "running/avgk_mean": sum(r["avgk"] for r in self._samples) / n,
+        })
+
+    def _log_results(self) -> None:
+        """The samples table and the run's figures (drawn from the finished run directory)."""
+        import wandb
+
+        from entrgi.reporting.figures import run_figures
+        from entrgi.reporting.runs import Run, load_run
+
+        k = max((len(r["rewards"]) for r in self._samples), default=0)
+        columns = self.SAMPLE_COLUMNS + [f"reward_{i}" for i in range(k)]
+        self.run.log({"samples": wandb.Table(columns=columns, data=[sample_table_row(r, k) for r in self._samples])})
+        run = load_run(self.output_dir)
+        if isinstance(run, Run):
+            paths = run_figures(run, self.output_dir / "figures")
+            self.run.log({f"figures/{path.stem}": wandb.Image(str(path)) for path in paths})
+
     def finish(self, summary, failed):
         if self.run is None:
             return
-        if summary:
-            self.run.summary.update(summary)
-        self.run.finish(exit_code=1 if failed else 0)
-        self.run = None
+        try:
+            if summary and self.recording:
+                self.run.summary.update(summary)
+                try:
+                    self._log_results()
+                except Exception as error:  # the job's results are on disk; a drawing error must not fail it
+                    log.warning("W&B: could not log the samples table or figures: %r", error)
+        finally:
+            self.run.finish(exit_code=1 if failed else 0)
+            self.run = None

@@ -157,7 +157,8 @@ class RewardModel:
             return tensor.repeat_interleave(num_samples, 0)
 
         return RewardInputLayout(
-            per_sample(prefix_embeds), per_sample(suffix_embeds), per_sample(prefix_mask), per_sample(suffix_mask), cache
+            per_sample(prefix_embeds), per_sample(suffix_embeds), per_sample(prefix_mask), per_sample(suffix_mask),
+            cache,
         )
 
     def _mask(self, embeds, visible, positions, past=None):
