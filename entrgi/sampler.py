@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from entrgi.categorical import sample_from_uniform, top_p_filter
+from entrgi.categorical import sample_nucleus
 from entrgi.guidance import Guidance, GuidanceContext
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
@@ -114,11 +114,15 @@ class DiffusionSampler:
             response = canvas[:, start:]
             masked = response == self.model.mask_token_id
             logits = self.model.logits(canvas, attention, start)
-            steered = self.guidance.steer(logits, GuidanceContext(step, response, masked, noise, self.plan[step]))
-            scaled = steered.logits / self.temperature  # a fresh tensor: safe to edit in place
+            context = GuidanceContext(step, response, masked, noise, self.plan[step])
+            steered = self.guidance.steer(logits, context)
+            positions = context.positions
+            rows = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+            scaled = (steered.logits / self.temperature).gather(1, rows)
             scaled[..., self.model.mask_token_id] = float("-inf")  # committing <mask> would re-mask
-            filtered = top_p_filter(scaled, self.top_p, self.top_p_candidates)
-            tokens = sample_from_uniform(filtered, noise.uniform(Stream.COMMIT_TOKEN, step, length))
+            uniforms = noise.uniform(Stream.COMMIT_TOKEN, step, length).gather(1, positions)
+            drawn = sample_nucleus(scaled, uniforms, self.top_p, self.top_p_candidates)
+            tokens = response.scatter(1, positions, drawn)
             order_logits = logits if self.schedule.order_from == "unguided" else steered.logits
             order_probs = torch.softmax(order_logits / self.temperature, dim=-1)
             commit = self.schedule.commit_mask(

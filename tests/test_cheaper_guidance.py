@@ -9,26 +9,12 @@ import sys
 import pytest
 import torch
 
-from entrgi.categorical import top_p_filter
 from entrgi.guidance import NoGuidance, RewardGradientGuidance
 from entrgi.sampler import DiffusionSampler
 from entrgi.schedule import EntropySchedule, LowConfidenceSchedule, MaskGitPlusSchedule, OriginSchedule
 
 PROMPTS = ["Describe the small cat.", "Why is the robot happy?"]
 IDS = ["p0", "p1"]
-
-
-def test_top_p_candidates_equal_the_full_sort_when_they_cover_the_nucleus():
-    logits = torch.randn(32, 500, generator=torch.Generator().manual_seed(0)) * 6
-    full = top_p_filter(logits, 0.9)
-    assert (full > float("-inf")).sum(-1).max() < 50
-    assert torch.equal(top_p_filter(logits, 0.9, candidates=64), full)
-
-
-def test_top_p_candidates_cut_a_wider_nucleus_at_k():
-    logits = torch.zeros(2, 100)  # uniform: the 0.9 nucleus holds 90 tokens
-    cut = top_p_filter(logits, 0.9, candidates=10)
-    assert ((cut > float("-inf")).sum(-1) == 10).all()
 
 
 @pytest.mark.parametrize("schedule", [EntropySchedule(steps=5), MaskGitPlusSchedule(steps=3, alg_temp=0.3),

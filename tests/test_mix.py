@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from entrgi.categorical import sample_from_uniform, top_p_filter
 from entrgi.guidance.mix import (
     MixOutput,
     MixRule,
@@ -220,75 +219,3 @@ def test_shape_validation() -> None:
         relaxed_embeddings(phi, TABLE, HARD.view(1), torch.tensor(0.0), 1.0)
     with pytest.raises(ValueError):
         relaxed_embeddings(phi, TABLE, HARD, torch.tensor(0.0), 0.0)
-
-
-# --------------------------------------------------------------------------- top-p
-
-
-def test_top_p_hand_example() -> None:
-    # probs in token order [0.05, 0.5, 0.15, 0.3]; sorted: 0.5 (t1), 0.3 (t3), 0.15 (t2), 0.05 (t0)
-    # mass before each: 0, 0.5, 0.8, 0.95
-    logits = torch.tensor([0.05, 0.5, 0.15, 0.3]).log()
-    cases = {
-        0.7: [1, 3],  # crosses 0.7 inside t3 (0.5 -> 0.8)
-        0.85: [1, 3, 2],  # crosses inside t2 (0.8 -> 0.95)
-        0.3: [1],  # top-1 alone already exceeds
-        1e-6: [1],
-        0.99: [0, 1, 2, 3],
-    }
-    for top_p, keep in cases.items():
-        out = top_p_filter(logits, top_p)
-        kept = torch.isfinite(out).nonzero().flatten().tolist()
-        assert sorted(kept) == sorted(keep), top_p
-        assert torch.equal(out[keep], logits[keep])
-
-
-def test_top_p_batched_and_identity() -> None:
-    logits = torch.tensor([[0.05, 0.5, 0.15, 0.3], [0.3, 0.15, 0.05, 0.5]]).log().view(2, 1, 4)
-    out = top_p_filter(logits, 0.7)
-    expected = torch.tensor([[False, True, False, True], [True, False, False, True]]).view(2, 1, 4)
-    assert torch.equal(torch.isfinite(out), expected)
-    assert top_p_filter(logits, 1.0) is logits
-    with_inf = torch.tensor([0.0, float("-inf"), 1.0])
-    assert torch.isneginf(top_p_filter(with_inf, 0.999)[1])
-    with pytest.raises(ValueError):
-        top_p_filter(logits, 0.0)
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def test_sample_hand_uniforms() -> None:
-    logits = torch.tensor([0.2, 0.5, 0.3]).log().expand(5, 3)
-    u = torch.tensor([0.1, 0.6, 0.95, 0.19, 0.71])
-    assert sample_from_uniform(logits, u).tolist() == [0, 1, 2, 0, 2]
-
-
-def test_sample_never_picks_minus_inf() -> None:
-    ninf = float("-inf")
-    logits = torch.tensor([ninf, 0.0, ninf, 0.0, ninf])
-    u = torch.cat([torch.tensor([0.0, 1e-12, 0.5, 1 - 1e-7]), torch.linspace(1e-6, 1 - 1e-6, 999)])
-    idx = sample_from_uniform(logits.expand(len(u), 5), u)
-    assert set(idx.tolist()) == {1, 3}
-    assert idx[:4].tolist() == [1, 1, 3, 3]
-
-
-def test_sample_batched_shape_and_dtype() -> None:
-    logits = torch.tensor([0.2, 0.5, 0.3]).log().expand(2, 3, 3)
-    u = torch.tensor([[0.1, 0.6, 0.95], [0.95, 0.6, 0.1]])
-    idx = sample_from_uniform(logits, u)
-    assert idx.dtype == torch.long
-    assert idx.tolist() == [[0, 1, 2], [2, 1, 0]]
-    with pytest.raises(ValueError):
-        sample_from_uniform(logits, u[0])
-
-
-def test_sample_frequencies_match_probs() -> None:
-    probs = torch.tensor([0.1, 0.0, 0.2, 0.3, 0.4])
-    n = 200_000
-    gen = torch.Generator().manual_seed(4)
-    u = torch.rand(n, generator=gen)
-    idx = sample_from_uniform(probs.log().expand(n, 5), u)
-    freq = torch.bincount(idx, minlength=5).float() / n
-    assert freq[1].item() == 0.0
-    assert torch.allclose(freq, probs, atol=5e-3)

@@ -25,6 +25,20 @@ class GuidanceContext:
     # (masked, to be committed) counts per trajectory at this step, known in advance for
     # the deterministic schedules; None for `origin`.
     planned: tuple[int, int] | None = None
+    # [N, F] columns worth sampling and optimising: the masked ones when `planned` is known
+    # (their count is then fixed in advance), else all columns. Filled in from `masked`.
+    positions: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.positions is None:
+            self.positions = masked_positions(self.masked, self.planned)
+
+
+def masked_positions(masked: torch.Tensor, planned: tuple[int, int] | None) -> torch.Tensor:
+    """Column indices [N, F] of the masked positions when their count F is known, else of all."""
+    if planned is None:
+        return torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
+    return torch.sort(masked.to(torch.uint8), dim=-1, descending=True, stable=True).indices[:, : planned[0]]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from entrgi.categorical import sample_from_uniform, top_p_filter
+from entrgi.categorical import sample_nucleus
 from entrgi.guidance.base import Guidance, GuidanceConfig, GuidanceContext, Steered
 from entrgi.guidance.mix import MixRule, entropy, mix_weight, relaxed_embeddings
 from entrgi.models import DiffusionLM
@@ -62,7 +62,7 @@ class RewardGradientGuidance(Guidance):
         eos_mask_from: which tokens decide the first EOS that hides the rest of the response
             from the RM: argmax of φ (the reference) or the sampled hard tokens.
         temperature, top_p: τ of the soft path and of the hard-token draw; top-p applies
-            to the hard draw only (`top_p_candidates`: see `categorical.top_p_filter`).
+            to the hard draw only (`top_p_candidates`: see `categorical.sample_nucleus`).
         min_coverage: fail when fewer dLLM tokens than this map exactly into the RM vocabulary.
     """
 
@@ -120,11 +120,11 @@ class RewardGradientGuidance(Guidance):
         self.histogram += counts.view(n, n)
 
     def _free_positions(self, logits: torch.Tensor, masked: torch.Tensor, context: GuidanceContext) -> torch.Tensor:
-        """Response positions [N, F] whose logits are optimised: all of them, or with `focus_margin`
-        the masked positions the schedule is about to commit (by unguided confidence) plus a margin."""
-        n, length = masked.shape
+        """Response positions [N, F] whose logits are optimised: the masked ones (all positions
+        when their count is not known in advance), or with `focus_margin` those the schedule is
+        about to commit (ranked by unguided confidence) plus a margin."""
         if self.focus_margin is None or context.planned is None:
-            return torch.arange(length, device=masked.device).expand(n, length)
+            return context.positions
         n_masked, n_commit = context.planned
         focus = max(1, min(n_masked, n_commit + self.focus_margin))
         confidence = torch.softmax(logits.detach().float(), dim=-1).amax(dim=-1)
@@ -155,8 +155,7 @@ class RewardGradientGuidance(Guidance):
             ent = entropy(current)
             weight = mix_weight(self.rule, current, entropy_nats=ent)
             uniforms = noise.uniform(Stream.GUIDANCE_TOKEN, context.step, length, iteration).gather(1, free)
-            hard = sample_from_uniform(top_p_filter(current / self.temperature, self.top_p, self.top_p_candidates),
-                                       uniforms)
+            hard = sample_nucleus(current / self.temperature, uniforms, self.top_p, self.top_p_candidates)
             mix = relaxed_embeddings(phi, self.table, hard, weight, self.temperature, entropy_nats=ent)
             embeds = fixed.scatter(1, rows.expand(-1, -1, fixed.shape[-1]), mix.embeds.to(fixed.dtype))
             embeds = torch.where(masked.unsqueeze(-1), embeds, committed)  # committed tokens stay hard
@@ -179,16 +178,19 @@ class RewardGradientGuidance(Guidance):
         return Steered(logits=phi_init.scatter(1, rows.expand(-1, -1, vocab), final), stats=stats)
 
     def _fixed_embeddings(self, phi_init, committed, masked, context) -> torch.Tensor:
+        """Committed tokens, and with a focus the masked positions outside it at their unguided mix."""
         if self.focus_margin is None or context.planned is None:
             return committed
-        ent = entropy(phi_init)
-        hard = sample_from_uniform(
-            top_p_filter(phi_init / self.temperature, self.top_p, self.top_p_candidates),
-            context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, masked.shape[-1]),
-        )
-        weight = mix_weight(self.rule, phi_init, entropy_nats=ent)
-        unguided = relaxed_embeddings(phi_init, self.table, hard, weight, self.temperature, entropy_nats=ent).embeds
-        return torch.where(masked.unsqueeze(-1), unguided.detach().to(self.table.dtype), committed)
+        rows = context.positions.unsqueeze(-1)
+        logits = phi_init.gather(1, rows.expand(-1, -1, phi_init.shape[-1]))
+        ent = entropy(logits)
+        uniforms = context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, masked.shape[-1])
+        hard = sample_nucleus(logits / self.temperature, uniforms.gather(1, context.positions), self.top_p,
+                              self.top_p_candidates)
+        weight = mix_weight(self.rule, logits, entropy_nats=ent)
+        unguided = relaxed_embeddings(logits, self.table, hard, weight, self.temperature, entropy_nats=ent).embeds
+        fixed = committed.scatter(1, rows.expand(-1, -1, committed.shape[-1]), unguided.to(committed.dtype))
+        return torch.where(masked.unsqueeze(-1), fixed, committed)
 
     def summary(self) -> dict:
         return {"vocab_coverage": self.coverage}
