@@ -16,6 +16,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def expected_commit_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list[int]:
+    """floor(n·(1 − s/t)) per step from an independent float64 grid; the rest at the end."""
+    import math
+
+    import torch
+
+    grid = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()
+    counts = []
+    for i in range(steps):
+        n = n_masked if i == steps - 1 else math.floor(n_masked * (1.0 - grid[i + 1] / grid[i]))
+        counts.append(n)
+        n_masked -= n
+    return counts
+
+
 def pytest_sessionfinish(session, exitstatus):
     """A run that collected no test is a failure for CI, not a success."""
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:

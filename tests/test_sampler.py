@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
+from conftest import expected_commit_counts
 
 from entrgi.guidance import Guidance, GuidanceContext, NoGuidance, Steered
 from entrgi.sampler import DiffusionSampler
@@ -50,17 +50,6 @@ class LogitsSpy:
         return self.edit(logits) if self.edit else logits
 
 
-def _expected_counts(n_masked: int) -> list[int]:
-    """floor(n·(1 − s/t)) on an independent float64 grid, all remaining on the last step."""
-    grid = torch.linspace(1.0, 1e-3, STEPS + 1, dtype=torch.float64).tolist()
-    counts = []
-    for i in range(STEPS):
-        n = n_masked if i == STEPS - 1 else math.floor(n_masked * (1 - grid[i + 1] / grid[i]))
-        counts.append(n)
-        n_masked -= n
-    return counts
-
-
 def test_build_canvas_left_pads_and_repeats_each_prompt_k_times(tiny_model):
     """Rows b*K + k: pads, prompt, L masks; the key mask hides exactly the pads."""
     sampler = DiffusionSampler(tiny_model, EntropySchedule(steps=2), NoGuidance(), num_samples=2, max_new_tokens=3)
@@ -97,14 +86,14 @@ def test_denoising_invariants(tiny_model, monkeypatch, rule):
     assert [row["masked"] for row in generation.steps] == pytest.approx(masks[:-1].float().mean(-1).tolist())
     if rule in DETERMINISTIC:
         commits = (masks[:-1] - masks[1:]).T  # [N, STEPS]
-        assert all(row == _expected_counts(LENGTH) for row in commits.tolist())
+        assert all(row == expected_commit_counts(LENGTH, STEPS) for row in commits.tolist())
 
 
 def test_expected_counts_by_hand():
     """The count helper on hand numbers: grid 1, .875125, .75025, .625375, .5005, ..."""
     # 8·.124875 → 0; 8·(1 − .75025/.875125 = .14269) = 1.14 → 1; 7·.16644 = 1.17 → 1; ...
-    assert _expected_counts(8)[:3] == [0, 1, 1]
-    assert sum(_expected_counts(8)) == 8
+    assert expected_commit_counts(8, STEPS)[:3] == [0, 1, 1]
+    assert sum(expected_commit_counts(8, STEPS)) == 8
 
 
 @pytest.mark.parametrize("rule", list(RULES))

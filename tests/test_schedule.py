@@ -23,6 +23,7 @@ import math
 
 import pytest
 import torch
+from conftest import expected_commit_counts
 
 from entrgi.noise import TrajectoryNoise
 from entrgi.schedule import (
@@ -129,21 +130,10 @@ def test_eos_positions_still_fill_the_commit_count():
     assert not commit[0, X] and not commit[0, Y]
 
 
-def _expected_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list[int]:
-    """floor(n·(1 − s/t)) per step from an independent float64 grid; the rest at the end."""
-    grid = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()
-    counts = []
-    for i in range(steps):
-        n = n_masked if i == steps - 1 else math.floor(n_masked * (1.0 - grid[i + 1] / grid[i]))
-        counts.append(n)
-        n_masked -= n
-    return counts
-
-
 def test_expected_counts_helper_by_hand():
     """The reference helper itself, on numbers worked out by hand (grid 1, .75025, .5005, .25075, .001)."""
     # 16·.24975 = 3.996 -> 3; 13·(1 − .75025⁻¹·.5005) = 13·.33289 = 4.33 -> 4; 9·.49900 = 4.49 -> 4; rest 5
-    assert _expected_counts(16, 4) == [3, 4, 4, 5]
+    assert expected_commit_counts(16, 4) == [3, 4, 4, 5]
 
 
 @pytest.mark.parametrize("alg_temp", [0.0, 0.5])
@@ -157,7 +147,7 @@ def test_commit_counts_follow_the_grid(rule, alg_temp):
     gen = torch.Generator().manual_seed(0)
     masked = torch.ones(2, length, dtype=torch.bool)
     masked[1, :5] = False
-    expected = [_expected_counts(24, steps), _expected_counts(19, steps)]
+    expected = [expected_commit_counts(24, steps), expected_commit_counts(19, steps)]
     schedule = rule(steps=steps, alg_temp=alg_temp)
     noise = _noise(2)
     for step in range(steps):
