@@ -139,14 +139,15 @@ def relaxed_embeddings(
         )
     table = embedding_table.detach()
 
-    log_q = torch.log_softmax(logits.float() / temperature, dim=-1)
-    soft = log_q.exp().to(table.dtype) @ table  # ẽ [..., d], differentiable w.r.t. φ
-    hard = table[hard_tokens]  # ē [..., d]
-    if entropy_nats is None:
-        # At τ = 1 the tempered and untempered softmax coincide: reuse it.
-        ent = _entropy_from_log_probs(log_q.detach()) if temperature == 1 else entropy(logits)
+    if entropy_nats is None and temperature == 1:
+        # At τ = 1 the tempered and untempered softmax coincide: reuse it for the entropy.
+        log_q = torch.log_softmax(logits.float(), dim=-1)
+        q, ent = log_q.exp(), _entropy_from_log_probs(log_q.detach())
     else:
-        ent = entropy_nats.detach().float()
+        q = torch.softmax(logits.float() / temperature, dim=-1)
+        ent = entropy(logits) if entropy_nats is None else entropy_nats.detach().float()
+    soft = q.to(table.dtype) @ table  # ẽ [..., d], differentiable w.r.t. φ
+    hard = table[hard_tokens]  # ē [..., d]
 
     w = weight.detach().float().unsqueeze(-1)
     soft_value = soft.detach().float()
