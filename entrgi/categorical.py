@@ -33,7 +33,12 @@ def sample_nucleus(logits: Tensor, uniform: Tensor, top_p: float = 1.0, candidat
     if top_p == 1.0:
         probs = torch.softmax(flat, dim=-1)
     elif candidates is not None and candidates < vocab:
-        top, order = torch.topk(flat, candidates, dim=-1, sorted=True)
+        top, order = torch.topk(flat, candidates, dim=-1, sorted=False)
+        # Canonical order, as the stable sort gives: by value, ties by vocabulary index (topk
+        # leaves ties in a shape-dependent order on CUDA, which would break batch invariance).
+        order, by_index = torch.sort(order, dim=-1)
+        top, by_value = torch.sort(top.gather(-1, by_index), dim=-1, descending=True, stable=True)
+        order = order.gather(-1, by_value)
         probs = torch.exp(top - torch.logsumexp(flat, dim=-1, keepdim=True))
     else:
         top, order = torch.sort(flat, dim=-1, descending=True, stable=True)

@@ -118,13 +118,13 @@ class DiffusionSampler:
             steered = self.guidance.steer(logits, context)
             positions = context.positions
             rows = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-            scaled = (steered.logits / self.temperature).gather(1, rows)
+            scaled = steered.logits.gather(1, rows) / self.temperature
             scaled[..., self.model.mask_token_id] = float("-inf")  # committing <mask> would re-mask
             uniforms = noise.uniform(Stream.COMMIT_TOKEN, step, length).gather(1, positions)
             drawn = sample_nucleus(scaled, uniforms, self.top_p, self.top_p_candidates)
             tokens = response.scatter(1, positions, drawn)
             order_logits = logits if self.schedule.order_from == "unguided" else steered.logits
-            order_probs = torch.softmax(order_logits / self.temperature, dim=-1)
+            order_probs = torch.softmax(order_logits / self.schedule.confidence_temperature(self.temperature), dim=-1)
             commit = self.schedule.commit_mask(
                 masked, tokens, order_probs, step, noise, self.model.eos_token_id
             )

@@ -68,6 +68,10 @@ class UnmaskSchedule:
     def check_length(self, length: int) -> None:
         """Raise ConfigError when the schedule cannot denoise `length` response tokens."""
 
+    def confidence_temperature(self, temperature: float) -> float:
+        """Temperature of the distribution positions are ranked by (Dream: the sampling one)."""
+        return temperature
+
     def planned_counts(self, length: int) -> list[tuple[int, int]] | None:
         """(masked, committed) counts per step for a fully masked response of `length`.
 
@@ -168,6 +172,9 @@ class LowConfidenceSchedule(MaskGitPlusSchedule):
         super().__init__(**kwargs)
         self.block_length = block_length
 
+    def confidence_temperature(self, temperature):
+        return 1.0  # LLaDA ranks by the untempered softmax of the logits
+
     def check_length(self, length: int) -> None:
         block = self.block_length or length
         if length % block:
@@ -178,20 +185,19 @@ class LowConfidenceSchedule(MaskGitPlusSchedule):
                 f"schedule.block_length={block}"
             )
 
-    def _block(self, length: int, step: int) -> tuple[int, int, int]:
-        """(block start, block size, step within the block)."""
+    def _block(self, length: int, step: int) -> tuple[int, int, int, int]:
+        """(block start, block size, step within the block, steps per block)."""
         block = self.block_length or length
         steps_per_block = self.steps // (length // block)
-        return (step // steps_per_block) * block, block, step % steps_per_block
+        return (step // steps_per_block) * block, block, step % steps_per_block, steps_per_block
 
     def candidates(self, masked, step):
-        start, size, _ = self._block(masked.shape[-1], step)
+        start, size, _, _ = self._block(masked.shape[-1], step)
         in_block = torch.zeros_like(masked)
         in_block[:, start : start + size] = True
         return masked & in_block
 
     def commit_count(self, candidates, step):
-        _, size, inner = self._block(candidates.shape[-1], step)
-        steps_per_block = self.steps // (candidates.shape[-1] // size)
+        _, size, inner, steps_per_block = self._block(candidates.shape[-1], step)
         base, extra = divmod(size, steps_per_block)
         return torch.full(candidates.shape[:1], base + (inner < extra), dtype=torch.long, device=candidates.device)

@@ -2,9 +2,7 @@
 
 Pure tensor functions, no model inside. The three input rules of the paper share one
 code path: the RM input is ê = ẽ + sg(w·(ē − ẽ)) with a per-position weight w
-(soft: w ≡ 0, APS/STE: w ≡ 1, EntRGi: w = normalised entropy). The two samplers at the
-bottom take their randomness as explicit uniforms so that callers can make sampling
-batch-invariant.
+(soft: w ≡ 0, APS/STE: w ≡ 1, EntRGi: w = normalised entropy).
 """
 
 from __future__ import annotations

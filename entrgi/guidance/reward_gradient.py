@@ -21,7 +21,7 @@ from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
 from entrgi.rewards import RewardModel
 from entrgi.rewards.vocab_bridge import build_vocab_bridge
-from entrgi.validation import one_of, ranged
+from entrgi.validation import ConfigError, one_of, ranged
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class RewardGradientGuidance(Guidance):
         rule: soft (w = 0), aps (w = 1) or entrgi (w = normalised entropy).
         M, eta, optimizer: gradient steps per guided denoising step, learning rate, optimiser.
         every: guide denoising steps 0, every, 2·every, ... (1 = all, as in the paper).
-        keep: return the last iterate (the reference) or, per trajectory, the best-scored one.
+        keep: return the last iterate (the reference, unscored) or, per trajectory, the iterate
+            with the best relaxed RM score, the last one included (one more RM forward).
         focus_margin: optimise only the masked positions the schedule will commit this step
             (ranked by unguided confidence) plus this many more; None optimises all (the paper).
         eos_mask_from: which tokens decide the first EOS that hides the rest of the response
@@ -83,12 +84,17 @@ class RewardGradientGuidance(Guidance):
         top_p_candidates: int | None = None,
         min_coverage: float = 0.0,
     ):
+        if torch.device(model.device) != torch.device(reward.device):
+            raise ConfigError(
+                f"guidance needs the dLLM and the reward model on one device, got model.device={model.device} "
+                f"and reward.device={reward.device}"
+            )
         self.reward = reward
         self.rule = MixRule.parse(rule)
         self.M, self.eta, self.optimizer_cls = M, eta, _OPTIMIZERS[optimizer]
         self.every, self.keep, self.focus_margin, self.eos_mask_from = every, keep, focus_margin, eos_mask_from
         self.temperature, self.top_p, self.top_p_candidates = temperature, top_p, top_p_candidates
-        self.eos_token_id = model.eos_token_id
+        self.eos_token_id, self.mask_token_id = model.eos_token_id, model.mask_token_id
         bridge = build_vocab_bridge(model.tokenizer, reward.tokenizer, model.vocab_size)
         self.coverage = bridge.coverage
         log.info("vocabulary bridge: %.2f%% of dLLM tokens map exactly into the RM vocabulary", 100 * bridge.coverage)
@@ -100,7 +106,7 @@ class RewardGradientGuidance(Guidance):
         self.table = bridge.mapped_table(reward.embedding_table.detach())
         # Heat-map ranges, fixed up front: H <= log V and E <= ‖ē − ẽ‖ <= 2 max‖E_i‖.
         self.log_vocab = math.log(model.vocab_size)
-        self.max_error = 2 * float(self.table.float().norm(dim=-1).max())
+        self.max_error = 2 * float(torch.linalg.vector_norm(self.table, dim=-1, dtype=torch.float32).max())
         self.histogram = torch.zeros(HISTOGRAM_BINS, HISTOGRAM_BINS, device=self.table.device)
         self.layout = None
 
@@ -116,13 +122,14 @@ class RewardGradientGuidance(Guidance):
         n = HISTOGRAM_BINS
         h_bin = (ent / self.log_vocab * n).long().clamp(0, n - 1)
         e_bin = (error / self.max_error * n).long().clamp(0, n - 1)
-        counts = torch.bincount((h_bin * n + e_bin).flatten(), weights=masked.flatten().float(), minlength=n * n)
-        self.histogram += counts.view(n, n)
+        # index_add_, not bincount: on CUDA bincount reads min/max back to size its output.
+        self.histogram.view(-1).index_add_(0, (h_bin * n + e_bin).flatten(), masked.flatten().float())
 
     def _free_positions(self, logits: torch.Tensor, masked: torch.Tensor, context: GuidanceContext) -> torch.Tensor:
         """Response positions [N, F] whose logits are optimised: the masked ones (all positions
-        when their count is not known in advance), or with `focus_margin` those the schedule is
-        about to commit (ranked by unguided confidence) plus a margin."""
+        when their count is not known in advance), or with `focus_margin` the n positions the
+        schedule commits this step plus a margin, ranked by a proxy of its confidence (the
+        unguided top-1 probability; the schedule itself ranks by its own rule)."""
         if self.focus_margin is None or context.planned is None:
             return context.positions
         n_masked, n_commit = context.planned
@@ -130,67 +137,79 @@ class RewardGradientGuidance(Guidance):
         confidence = torch.softmax(logits.detach().float(), dim=-1).amax(dim=-1)
         return torch.where(masked, confidence, torch.full_like(confidence, -1.0)).topk(focus, dim=-1).indices
 
+    def _relax(self, phi: torch.Tensor, positions: torch.Tensor, context: GuidanceContext, iteration: int):
+        """The RM input at `positions` from their logits phi [N, F, V]: (mix, hard tokens, entropy, w)."""
+        current = phi.detach()
+        ent = entropy(current)
+        weight = mix_weight(self.rule, current, entropy_nats=ent)
+        scaled = current / self.temperature
+        scaled[..., self.mask_token_id] = float("-inf")  # as in the commit draw: <mask> is no token
+        uniforms = context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, context.masked.shape[-1], iteration)
+        hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.top_p, self.top_p_candidates)
+        mix = relaxed_embeddings(phi, self.table, hard, weight, self.temperature, entropy_nats=ent)
+        return mix, hard, ent, weight
+
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
         if context.step % self.every:
             return Steered(logits=logits, stats={})
-        masked, response, noise = context.masked, context.response, context.noise
-        vocab, length = logits.shape[-1], response.shape[-1]
+        masked, response = context.masked, context.response
+        vocab = logits.shape[-1]
+        phi_init = logits.detach().float()
         free = self._free_positions(logits, masked, context)  # [N, F]
         free_masked = masked.gather(1, free)
         n_free = free_masked.sum().clamp(min=1).float()
-        rows = free.unsqueeze(-1)
-        phi_init = logits.detach().float()
-        phi = phi_init.gather(1, rows.expand(-1, -1, vocab)).requires_grad_(True)
+        phi = phi_init.gather(1, free.unsqueeze(-1).expand(-1, -1, vocab)).requires_grad_(True)
         optimizer = self.optimizer_cls([phi], lr=self.eta)
-        # What the RM reads where nothing is optimised: committed tokens, and masked positions
-        # outside the focus at their unguided mix (drawn once per step).
-        committed = self.table[response]
-        fixed = self._fixed_embeddings(phi_init, committed, masked, context)
-        argmax_init = phi_init.argmax(-1)
+        # What the RM reads where nothing is optimised: committed tokens stay hard; masked
+        # positions outside a focus get their unguided mix, drawn once per step.
+        base_embeds, base_proposal = self.table[response], phi_init.argmax(-1)
+        outside = self._outside_focus(masked, free, context)
+        if outside is not None:
+            rest = phi_init.gather(1, outside.unsqueeze(-1).expand(-1, -1, vocab))
+            mix, hard, _, _ = self._relax(rest, outside, context, iteration=0)
+            base_embeds = _put(base_embeds, outside, mix.embeds.detach().to(base_embeds.dtype))
+            if self.eos_mask_from == "sampled":
+                base_proposal = base_proposal.scatter(1, outside, hard)
+
+        def score(iteration: int):
+            mix, hard, ent, weight = self._relax(phi, free, context, iteration)
+            embeds = torch.where(masked.unsqueeze(-1), _put(base_embeds, free, mix.embeds.to(base_embeds.dtype)),
+                                 base_embeds)
+            drawn = phi.detach().argmax(-1) if self.eos_mask_from == "argmax" else hard
+            proposal = base_proposal.scatter(1, free, drawn)
+            visible = self._visible(response, masked, proposal)
+            return self.reward.score_embeds(self.layout, embeds, visible), mix, ent, weight
+
         best_phi = phi.detach().clone()
         best_score = torch.full((phi.shape[0],), float("-inf"), device=phi.device)
         curve, sums = [], {"entropy": 0.0, "w": 0.0, "E": 0.0, "D": 0.0}
         for iteration in range(self.M):
-            current = phi.detach()
-            ent = entropy(current)
-            weight = mix_weight(self.rule, current, entropy_nats=ent)
-            uniforms = noise.uniform(Stream.GUIDANCE_TOKEN, context.step, length, iteration).gather(1, free)
-            hard = sample_nucleus(current / self.temperature, uniforms, self.top_p, self.top_p_candidates)
-            mix = relaxed_embeddings(phi, self.table, hard, weight, self.temperature, entropy_nats=ent)
-            embeds = fixed.scatter(1, rows.expand(-1, -1, fixed.shape[-1]), mix.embeds.to(fixed.dtype))
-            embeds = torch.where(masked.unsqueeze(-1), embeds, committed)  # committed tokens stay hard
-            proposal = argmax_init.scatter(1, free, current.argmax(-1) if self.eos_mask_from == "argmax" else hard)
-            scores = self.reward.score_embeds(self.layout, embeds, self._visible(response, masked, proposal))
+            scores, mix, ent, weight = score(iteration)
             optimizer.zero_grad(set_to_none=True)
             (-scores.sum()).backward()
-            if self.keep == "best":  # the iterate just scored is `current`, before this update
-                improved = scores.detach() > best_score
-                best_phi = torch.where(improved[:, None, None], current, best_phi)
+            if self.keep == "best":  # the iterate just scored is phi before this update
+                best_phi = torch.where((scores.detach() > best_score)[:, None, None], phi.detach(), best_phi)
                 best_score = torch.maximum(best_score, scores.detach())
             optimizer.step()
             curve.append(scores.detach().mean())
             for key, value in (("entropy", ent), ("w", weight), ("E", mix.approx_error), ("D", mix.ood_distance)):
                 sums[key] = sums[key] + (value * free_masked).sum() / n_free
             self._accumulate_histogram(ent, mix.approx_error, free_masked)
-        final = best_phi if self.keep == "best" else phi.detach()
+        final = phi.detach()
+        if self.keep == "best":  # the last update has not been scored yet: score it once, without gradient
+            with torch.no_grad():
+                last_scores = score(self.M)[0]
+            final = torch.where((last_scores > best_score)[:, None, None], final, best_phi)
         stats = {f"{key}_mean": value / self.M for key, value in sums.items()}
         stats["reward_curve"] = torch.stack(curve)
-        return Steered(logits=phi_init.scatter(1, rows.expand(-1, -1, vocab), final), stats=stats)
+        return Steered(logits=_put(phi_init, free, final), stats=stats)
 
-    def _fixed_embeddings(self, phi_init, committed, masked, context) -> torch.Tensor:
-        """Committed tokens, and with a focus the masked positions outside it at their unguided mix."""
-        if self.focus_margin is None or context.planned is None:
-            return committed
-        rows = context.positions.unsqueeze(-1)
-        logits = phi_init.gather(1, rows.expand(-1, -1, phi_init.shape[-1]))
-        ent = entropy(logits)
-        uniforms = context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, masked.shape[-1])
-        hard = sample_nucleus(logits / self.temperature, uniforms.gather(1, context.positions), self.top_p,
-                              self.top_p_candidates)
-        weight = mix_weight(self.rule, logits, entropy_nats=ent)
-        unguided = relaxed_embeddings(logits, self.table, hard, weight, self.temperature, entropy_nats=ent).embeds
-        fixed = committed.scatter(1, rows.expand(-1, -1, committed.shape[-1]), unguided.to(committed.dtype))
-        return torch.where(masked.unsqueeze(-1), fixed, committed)
+    def _outside_focus(self, masked, free, context) -> torch.Tensor | None:
+        """Masked positions [N, n_masked - F] left out of the focus (None without a focus)."""
+        if self.focus_margin is None or context.planned is None or free.shape[1] >= context.planned[0]:
+            return None
+        left = masked.scatter(1, free, False).to(torch.uint8)
+        return torch.sort(left, dim=-1, descending=True, stable=True).indices[:, : context.planned[0] - free.shape[1]]
 
     def summary(self) -> dict:
         return {"vocab_coverage": self.coverage}
@@ -204,3 +223,9 @@ class RewardGradientGuidance(Guidance):
                 "counts": self.histogram.cpu().tolist(),  # [entropy bin][E bin]
             }
         }
+
+
+def _put(target: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Copy of target [N, L, ...] with rows `positions` [N, F] replaced by values [N, F, ...]."""
+    index = positions.view(*positions.shape, *([1] * (target.dim() - 2))).expand_as(values)
+    return target.scatter(1, index, values)

@@ -162,11 +162,22 @@ class RewardModel:
         )
 
     def _mask(self, embeds, visible, positions, past=None):
-        """The causal + padding mask, always materialised: deciding to skip it reads the GPU."""
-        return create_causal_mask(
+        """The causal + padding mask, always materialised: deciding to skip it reads the GPU.
+
+        Every query also sees its own key. That changes nothing for visible positions, and
+        padding or hidden positions (whose outputs nobody reads) no longer have an empty row,
+        which some fused attention kernels turn into NaN that then leaks through the backward.
+        """
+        mask = create_causal_mask(
             config=self.network.config, inputs_embeds=embeds, attention_mask=visible, past_key_values=past,
             position_ids=positions, allow_is_causal_skip=False,
         )
+        if not (torch.is_tensor(mask) and mask.dim() == 4):
+            return mask
+        queries, keys = mask.shape[-2:]
+        rows = torch.arange(queries, device=mask.device)[:, None] + (keys - queries)
+        diagonal = rows == torch.arange(keys, device=mask.device)[None, :]
+        return mask | diagonal if mask.dtype == torch.bool else mask.masked_fill(diagonal, 0.0)
 
     def score_embeds(
         self, layout: RewardInputLayout, response_embeds: torch.Tensor, response_visible: torch.Tensor
