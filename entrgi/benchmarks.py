@@ -1,7 +1,9 @@
 """Benchmarks: a fixed, recorded slice of prompts with stable ids.
 
 The slice depends on (n_prompts, slice_seed) only, never on the sampling seed, so every
-seed and every method of a sweep sees the same prompts (SPEC §7).
+seed and every method of a sweep sees the same prompts (SPEC §7). `shard`/`num_shards` split
+that fixed slice into disjoint parts (prompt j of the slice goes to shard j mod num_shards), so
+several jobs can share one benchmark; `entrgi.report` merges them back into one run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from entrgi.checkpoints import ResourceUnavailable, hub_reachable
-from entrgi.validation import ranged
+from entrgi.validation import ConfigError, ranged
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class BenchmarkConfig:
     categories: list[str] = field(default_factory=list)
     n_prompts: int | None = ranged(None, low=1, optional=True)
     slice_seed: int = 0
+    # Part `shard` of `num_shards` disjoint parts of the slice (strided: prompt j -> shard j mod n).
+    shard: int = ranged(0, low=0)
+    num_shards: int = ranged(1, low=1)
 
 
 class DatasetBenchmark:
@@ -66,6 +71,8 @@ class DatasetBenchmark:
         categories: list[str] | tuple[str, ...] = (),
         n_prompts: int | None = None,
         slice_seed: int = 0,
+        shard: int = 0,
+        num_shards: int = 1,
     ):
         self.name = name
         self.path = path
@@ -76,6 +83,8 @@ class DatasetBenchmark:
         self.categories = list(categories)
         self.n_prompts = n_prompts
         self.slice_seed = slice_seed
+        self.shard = shard
+        self.num_shards = num_shards
 
     def _load_rows(self):
         import datasets  # imported here: it is slow to import and only needed at load time
@@ -103,6 +112,27 @@ class DatasetBenchmark:
             ) from None
 
     def prompts(self) -> list[Prompt]:
+        """This job's prompts: the shard of the slice (the whole slice unless num_shards > 1)."""
+        return self.shard_of(self.slice())
+
+    def shard_of(self, prompts: list[Prompt]) -> list[Prompt]:
+        """Part `shard` of the slice: prompts shard, shard + num_shards, … (in slice order).
+
+        Strided rather than contiguous so every shard gets a similar mix of categories and
+        prompt lengths; sizes differ by at most one.
+        """
+        if not 0 <= self.shard < self.num_shards:
+            raise ConfigError(
+                f"benchmark.shard={self.shard} is not allowed: expected a value in [0, {self.num_shards - 1}] "
+                f"(benchmark.num_shards={self.num_shards})"
+            )
+        if self.num_shards > len(prompts):
+            raise ConfigError(
+                f"benchmark.num_shards={self.num_shards} is not allowed: the slice has only {len(prompts)} prompts"
+            )
+        return prompts[self.shard :: self.num_shards]
+
+    def slice(self) -> list[Prompt]:
         """The slice: category filter, empty and duplicate prompts dropped, then n_prompts drawn."""
         rows = self._load_rows()
         for key in (self.prompt_field, self.category_field, self.id_field):

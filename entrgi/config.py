@@ -30,6 +30,14 @@ class NullLoggerConfig:
 
 
 @dataclass
+class RunControl:
+    """How a job runs, not what it computes: never part of a job's directory name."""
+
+    # Start afresh: delete the results already in the job's directory instead of resuming.
+    overwrite: bool = False
+
+
+@dataclass
 class RunConfig:
     """The root config. Group nodes are typed by their own schemas."""
 
@@ -42,6 +50,7 @@ class RunConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 1
     name: str = "default"
+    run: RunControl = field(default_factory=RunControl)
 
 
 @dataclass
@@ -71,6 +80,26 @@ def _data_file(name: str) -> str:
     return str(resources.files("entrgi") / "data" / name)
 
 
+def _job_dir(overrides, seed, shard=0, num_shards=1) -> str:
+    from entrgi.sweeps import job_dir_name
+
+    return job_dir_name(overrides, int(seed), int(shard), int(num_shards))
+
+
+def _sweep_dir(overrides) -> str:
+    from entrgi.sweeps import sweep_dir_name
+
+    return sweep_dir_name(overrides)
+
+
+def _device_slots(devices=None, cpu_jobs=2) -> int:
+    from entrgi.devices import device_slots
+
+    if OmegaConf.is_config(devices):
+        devices = OmegaConf.to_container(devices)
+    return device_slots(devices, int(cpu_jobs))
+
+
 def register() -> None:
     """Put the schemas in the ConfigStore and the resolvers in OmegaConf (idempotent)."""
     cs = ConfigStore.instance()
@@ -92,6 +121,11 @@ def register() -> None:
     cs.store(group="schema/schedule", name="low_confidence", node=LowConfidenceConfig)
     OmegaConf.register_new_resolver("entrgi.tiny_world", _tiny_world_path, replace=True)
     OmegaConf.register_new_resolver("entrgi.data", _data_file, replace=True)
+    # Directory names (entrgi.sweeps). The sweep's is cached: resolved once in the launching
+    # process, the cache is copied into each job's config (as for Hydra's ${now:}).
+    OmegaConf.register_new_resolver("entrgi.job_dir", _job_dir, replace=True)
+    OmegaConf.register_new_resolver("entrgi.sweep_dir", _sweep_dir, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("entrgi.device_slots", _device_slots, replace=True)
 
 
 register()

@@ -1,4 +1,13 @@
-"""One job: load the components a config names, generate, score, and write the run directory."""
+"""One job: load the components a config names, generate, score, and write the run directory.
+
+Rerunning a job on its directory resumes it (`entrgi.tracking`): a finished run returns its
+summary without loading a model; otherwise the prompts already committed to `samples.jsonl`
+are kept and only the others are generated. The summary, the step statistics and the
+entropy/error histogram always cover every prompt of the job, those of earlier attempts
+included (histogram counts are persisted per batch in `artifact_parts.jsonl`); `wall_seconds`
+is the generation time of the attempt that finished the job. A resumed job's W&B run replays
+the committed batches first, so it too covers every prompt. `run.overwrite=true` starts afresh.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +25,14 @@ from entrgi.benchmarks import Prompt
 from entrgi.checkpoints import resolve_checkpoint
 from entrgi.rewards import RewardModel
 from entrgi.sampler import DiffusionSampler
-from entrgi.tracking import RunDirectory
+from entrgi.tracking import Progress, RunDirectory, additive, counts_increment, sum_increments
 from entrgi.validation import validate
 
 log = logging.getLogger(__name__)
 
 
-def _sample_record(prompt: Prompt, responses: list[str], rewards: list[float]) -> dict[str, Any]:
+def _sample_record(prompt: Prompt, responses: list[str], rewards: list[float], batch: int,
+                   batch_size: int) -> dict[str, Any]:
     best = max(range(len(rewards)), key=rewards.__getitem__)
     return {
         "prompt_id": prompt.id,
@@ -33,21 +43,47 @@ def _sample_record(prompt: Prompt, responses: list[str], rewards: list[float]) -
         "best_index": best,
         "top1": rewards[best],
         "avgk": sum(rewards) / len(rewards),
+        "batch": batch,  # which batch committed it and how many prompts that batch had (resume)
+        "batch_size": batch_size,
     }
 
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run the job `cfg` describes; returns the summary also written to summary.json."""
+    """Run (or resume, or just report) the job `cfg` describes; returns the summary written to summary.json."""
     validate(cfg)
     schedule = instantiate(cfg.schedule)
     schedule.check_length(cfg.sampler.max_new_tokens)
+    run_dir = RunDirectory(output_dir)
+    with run_dir.lock():
+        if OmegaConf.select(cfg, "run.overwrite", default=False):
+            run_dir.reset()
+        run_dir.check_config(cfg)
+        finished = run_dir.finished()
+        if finished is not None:
+            log.info("%s is finished already (run.overwrite=true to redo it)", run_dir.path)
+            return finished
+        return _run(cfg, schedule, run_dir)
+
+
+def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     # Locate both checkpoints before loading either: a missing 7B fails in seconds.
     resolve_checkpoint(cfg.model.path, "model.path")
     resolve_checkpoint(cfg.reward.path, "reward.path")
 
-    run_dir = RunDirectory(output_dir)
-    prompts: list[Prompt] = instantiate(cfg.benchmark).prompts()
-    run_dir.write_metadata(cfg, {"seed": cfg.seed, "prompt_ids": [p.id for p in prompts]})
+    benchmark = instantiate(cfg.benchmark)
+    whole = benchmark.slice()
+    prompts: list[Prompt] = benchmark.shard_of(whole)
+    done = run_dir.resume([p.id for p in prompts])
+    if done.records:
+        log.info("resuming %s: %d of %d prompts done", run_dir.path, len(done.records), len(prompts))
+    run_dir.write_metadata(cfg, {
+        "seed": cfg.seed,
+        "prompt_ids": [p.id for p in prompts],
+        "slice_size": len(whole),
+        "shard": {"index": cfg.benchmark.shard, "num_shards": cfg.benchmark.num_shards,
+                  "rule": "prompt j of the slice (in slice order) belongs to shard j mod num_shards"},
+        "resumed_prompts": len(done.records),
+    })
     torch.manual_seed(cfg.seed)  # nothing should draw from it; a guard for third-party code
 
     model = instantiate(cfg.model)
@@ -58,42 +94,59 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
     summary = None
     try:
-        summary = _generate_all(cfg, prompts, sampler, reward, run_dir, logger)
+        for records, steps in done.batches():  # earlier attempts' batches, so the W&B run covers them too
+            logger.log_batch(records, steps)
+        todo = [p for p in prompts if p.id not in done.ids]
+        state = Progress(records=list(done.records), steps=list(done.steps), parts=list(done.parts))
+        summary = _generate_all(cfg, todo, state, sampler, guidance, reward, run_dir, logger)
         summary.update(guidance.summary())
         for name, content in guidance.artifacts().items():
-            run_dir.write_json(name, content)
+            increments = [part[name] for part in state.parts if name in part]
+            run_dir.write_json(name, sum_increments(content, increments) if additive(content) else content)
         run_dir.write_summary(summary)
         return summary
     finally:
         logger.finish(summary, failed=summary is None)
 
 
-def _generate_all(cfg, prompts, sampler, reward, run_dir, logger) -> dict[str, Any]:
+def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_dir, logger) -> dict[str, Any]:
+    """Generate `prompts` batch by batch, committing each to `run_dir` and to `state` (which holds
+    the earlier attempts' batches); the summary covers everything in `state`."""
     k, batch_size = cfg.sampler.num_samples, cfg.sampler.batch_size
+    resumed = len(state.records)
     started = time.perf_counter()
-    top1, avgk = [], []
-    step_means: dict[str, list[float]] = {}
-    progress = tqdm(total=len(prompts), desc=f"{cfg.name} prompts", unit="prompt")
+    snapshot: dict[str, Any] = {}  # additive artifacts as of the previous batch of this attempt
+    progress = tqdm(total=resumed + len(prompts), initial=resumed, desc=f"{cfg.name} prompts", unit="prompt")
     for first in range(0, len(prompts), batch_size):
+        batch_index = state.next_batch
         batch = prompts[first : first + batch_size]
         generation = sampler.generate([p.text for p in batch], [p.id for p in batch], seed=cfg.seed)
         texts = [sampler.model.decode(row) for row in generation.responses.tolist()]
         rewards = reward.score_texts([p.text for p in batch for _ in range(k)], texts).tolist()
         records = [
-            _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k]) for i, p in enumerate(batch)
+            _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k], batch_index, len(batch))
+            for i, p in enumerate(batch)
         ]
-        steps = [{"batch": first // batch_size, **row} for row in generation.steps]
-        run_dir.append_samples(records)
-        run_dir.append_steps(steps)
-        for row in generation.steps:
-            for key in ("entropy_mean", "w_mean", "E_mean", "D_mean"):
-                if key in row:
-                    step_means.setdefault(key, []).append(row[key])
-        top1 += [r["top1"] for r in records]
-        avgk += [r["avgk"] for r in records]
+        steps = [{"batch": batch_index, **row} for row in generation.steps]
+        parts = {}
+        for name, content in guidance.artifacts().items():
+            if additive(content):
+                parts[name] = counts_increment(content, snapshot.get(name))
+                snapshot[name] = content
+        run_dir.append_batch(records, steps, parts)
+        state.records += records
+        state.steps += steps
+        state.parts.append(parts)
         logger.log_batch(records, steps)
         progress.update(len(batch))
     progress.close()
+    step_means: dict[str, list[float]] = {}
+    for row in state.steps:
+        for key in ("entropy_mean", "w_mean", "E_mean", "D_mean"):
+            if key in row:
+                step_means.setdefault(key, []).append(row[key])
+    top1 = [r["top1"] for r in state.records]
+    avgk = [r["avgk"] for r in state.records]
     return {
         "top1_mean": sum(top1) / len(top1),
         "avgk_mean": sum(avgk) / len(avgk),
@@ -103,6 +156,7 @@ def _generate_all(cfg, prompts, sampler, reward, run_dir, logger) -> dict[str, A
         "benchmark": cfg.benchmark.name,
         "seed": cfg.seed,
         "wall_seconds": time.perf_counter() - started,
+        "resumed_prompts": resumed,
         # Means over guided steps of the per-step means over masked positions.
         **{key: sum(values) / len(values) for key, values in step_means.items()},
     }

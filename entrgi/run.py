@@ -1,34 +1,69 @@
-"""Entry point: `python -m entrgi.run [group=option ...] [key=value ...]`.
+"""Entry point: `python -m entrgi.run [group=option ...] [key=value ...]` (add `-m` for a sweep).
 
-Composes the config, then hands it to `entrgi.experiment`. Errors a user can fix (a bad
-value, missing weights) end the job with one line on stderr and exit code 2.
+Composes the config, then hands it to `entrgi.experiment`. A job that fails records why in
+`error.json` in its directory. A single job ends on an error a user can fix (a bad value,
+missing weights) with one line on stderr and exit code 2. In a multirun a failing job raises
+to Hydra, which marks it failed and goes on with the others; the sweep exits with code 1 once
+every job has ended, and `<sweep dir>/sweep.json` lists each job's state and error.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import sys
+import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
 from entrgi.checkpoints import ResourceUnavailable
+from entrgi.sweeps import SWEEP_SUMMARY, JobFailed, clear_error, write_error
 from entrgi.validation import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from entrgi.experiment import run_experiment
 
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    clear_error(output_dir)
     try:
-        summary = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, ResourceUnavailable) as error:
-        print(f"entrgi: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        summary = run_experiment(cfg, output_dir)
+    except Exception as error:
+        path = write_error(output_dir, error, list(hydra_cfg.overrides.task))
+        user_error = isinstance(error, (ConfigError, ResourceUnavailable))
+        if not multirun:
+            if user_error:
+                print(f"entrgi: error: {error}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        log.error("job failed (recorded in %s)", path, exc_info=not user_error)
+        message = (f"{type(error).__name__}: {error} (recorded in {path}; every job's state: "
+                   f"{hydra_cfg.sweep.dir}/{SWEEP_SUMMARY})")
+        traceback.clear_frames(error.__traceback__)  # let go of this job's tensors before the next one
+        raise JobFailed(message) from None
+    finally:
+        if multirun:
+            _release_memory()
     print(f"Top@1 {summary['top1_mean']:.4f}  Avg@{summary['num_samples']} {summary['avgk_mean']:.4f}  "
           f"({summary['n_prompts']} prompts, {summary['wall_seconds']:.1f}s)")
     return summary["top1_mean"]
+
+
+def _release_memory() -> None:
+    """A joblib worker runs several jobs in one process: free the last one's GPU memory."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

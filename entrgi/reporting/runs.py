@@ -24,12 +24,16 @@ import yaml
 
 SUMMARY, CONFIG, METADATA = "summary.json", "config.yaml", "run.json"
 SAMPLES, STEPS, HISTOGRAM = "samples.jsonl", "steps.jsonl", "entropy_error_histogram.json"
+ERROR = "error.json"
 # Folders inside a job directory (or beside it) that are never runs themselves.
-NOT_RUNS = {"wandb", ".hydra", "figures", "__pycache__", ".git"}
-# Config keys that differ between the shards of one run. None exist yet (issue 6 adds them).
-SHARD_KEYS: tuple[str, ...] = ()
-# Config keys (or prefixes) that say how a job ran, not what it computed.
-EXECUTION_KEYS: tuple[str, ...] = ("logger", "model.device", "reward.device", "reward.batch_size", "sampler.batch_size")
+NOT_RUNS = {"wandb", ".hydra", "figures", "__pycache__", ".git", ".submitit", ".devices"}
+# Config keys that differ between the shards of one run (`benchmark.shard=i benchmark.num_shards=n`).
+SHARD_KEYS: tuple[str, ...] = ("benchmark.shard", "benchmark.num_shards")
+# Config keys (or prefixes) that say how a job ran, not what it computed. `run` holds run
+# control (`run.overwrite`). Also left out of job directory names (entrgi.sweeps).
+EXECUTION_KEYS: tuple[str, ...] = (
+    "run", "logger", "model.device", "reward.device", "reward.batch_size", "sampler.batch_size",
+)
 # Per-step statistics that summary.json averages over guided steps.
 STEP_MEANS = ("entropy_mean", "w_mean", "E_mean", "D_mean")
 
@@ -202,6 +206,10 @@ def load_run(path: str | Path) -> Run | Incomplete:
         if (path / METADATA).is_file():
             total = f" of {len(json.loads((path / METADATA).read_text()).get('prompt_ids', []))}"
         done = len(_read_jsonl(path / SAMPLES))
+        if (path / ERROR).is_file():  # written by entrgi.run when the job raised
+            error = json.loads((path / ERROR).read_text())
+            return Incomplete(path, f"failed ({done}{total} prompts written): {error.get('type')}: "
+                                    f"{error.get('message')}")
         return Incomplete(path, f"no summary.json ({done}{total} prompts written): unfinished or failed")
     config = yaml.safe_load(config_file.read_text()) or {}
     summary = json.loads(summary_file.read_text())
@@ -246,6 +254,10 @@ def merge_shards(runs: list[Run], shard_keys: Sequence[str] = SHARD_KEYS) -> tup
                 kept.append(run)
             else:
                 notes.append(f"{run.path}: same run as {clash.path}, which is newer and is used")
+        expected = kept[0].flat_config.get("benchmark.num_shards")
+        if isinstance(expected, int) and len(kept) < expected:
+            notes.append(f"{kept[0].path}: only {len(kept)} of its {expected} shards are finished; "
+                         "the run covers part of its slice")
         if len(kept) > 1:
             notes.append(f"merged {len(kept)} shards: " + ", ".join(str(run.path) for run in kept))
             merged.append(_merge(kept))
