@@ -123,10 +123,10 @@ class DiffusionSampler:
             uniforms = noise.uniform(Stream.COMMIT_TOKEN, step, length).gather(1, positions)
             drawn = sample_nucleus(scaled, uniforms, self.top_p, self.top_p_candidates)
             tokens = response.scatter(1, positions, drawn)
-            order_logits = logits if self.schedule.order_from == "unguided" else steered.logits
+            order_logits = (logits if self.schedule.order_from == "unguided" else steered.logits).gather(1, rows)
             order_probs = torch.softmax(order_logits / self.schedule.confidence_temperature(self.temperature), dim=-1)
             commit = self.schedule.commit_mask(
-                masked, tokens, order_probs, step, noise, self.model.eos_token_id
+                masked, tokens, order_probs, step, noise, self.model.eos_token_id, positions
             )
             canvas[:, start:] = torch.where(commit, tokens, response)
             per_step.append({"masked": masked.sum(-1).float().mean(), **steered.stats})

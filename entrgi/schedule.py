@@ -107,11 +107,20 @@ class UnmaskSchedule:
         step: int,
         noise: TrajectoryNoise,
         eos_token_id: int,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Boolean [N, L]: the masked positions whose sampled token is committed at `step`."""
+        """Boolean [N, L]: the masked positions whose sampled token is committed at `step`.
+
+        With `positions` [N, F], `order_probs` [N, F, V] holds the ranking distribution at
+        those columns only (every masked one among them); the rest rank last.
+        """
         candidates = self.candidates(masked, step)
         n_commit = self.commit_count(candidates, step)
-        score = self.confidence(order_probs, tokens).to(torch.float32)
+        if positions is None:
+            score = self.confidence(order_probs, tokens).to(torch.float32)
+        else:
+            at = self.confidence(order_probs, tokens.gather(1, positions)).to(torch.float32)
+            score = torch.full(masked.shape, float("-inf"), device=at.device).scatter(1, positions, at)
         if self.alg_temp > 0:  # sampling without replacement from softmax(score / alg_temp)
             score = score / self.alg_temp + noise.gumbel(Stream.ORDER, step, score.shape[-1])
         if self.deprioritize_eos:
@@ -130,7 +139,7 @@ class OriginSchedule(UnmaskSchedule):
     def planned_counts(self, length):
         return None  # random per trajectory
 
-    def commit_mask(self, masked, tokens, order_probs, step, noise, eos_token_id):
+    def commit_mask(self, masked, tokens, order_probs, step, noise, eos_token_id, positions=None):
         if step == self.steps - 1:
             return masked.clone()
         p_reveal = 1.0 - self.grid[step + 1] / self.grid[step]
