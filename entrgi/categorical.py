@@ -1,58 +1,75 @@
 """Drawing a token from logits with nucleus (top-p) filtering and one given uniform per row.
 
-Shared by the sampler's commit step and by guidance's hard-token draws. Randomness comes in
-as explicit uniforms (from the counter-based streams of `entrgi.noise`), so a row's sample
-does not depend on the batch it sits in.
+Shared by the sampler's commit step and by guidance's hard-token draws, which together run it
+M + 1 times per denoising step over every masked position: it must cost a few passes over the
+vocabulary, not a sort. Randomness comes in as explicit uniforms (from the counter-based
+streams of `entrgi.noise`), so a row's sample does not depend on the batch it sits in.
+
+Probability mass is counted in integers (`MASS_BITS` fractional bits): integer sums are exact
+and order-free, so the nucleus and the draw are the same on every device, batch size and
+thread count, where float sums in a different order could move a token across the boundary.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
+MASS_BITS = 40  # 2^-40 resolution; a vocabulary of up to 2^23 tokens still sums inside int64
 
-def sample_nucleus(logits: Tensor, uniform: Tensor, top_p: float = 1.0, candidates: int | None = None) -> Tensor:
+
+def sample_nucleus(logits: Tensor, uniform: Tensor, top_p: float = 1.0) -> Tensor:
     """Token ids [...] drawn from softmax(logits) restricted to the top-p nucleus, by inverse CDF.
 
-    The nucleus is the smallest set of most probable tokens with mass >= top_p (a token is
-    kept iff the tokens strictly before it in descending order hold < top_p), renormalised.
-    With top_p < 1 the CDF runs over the tokens in descending order, so the vocabulary is
-    sorted once and the draw happens in sorted space; with top_p = 1 it runs in vocabulary
-    order and nothing is sorted. `candidates` = k looks for the nucleus among the k most
-    probable tokens only (top-k selection instead of a full sort): identical whenever those
-    k tokens hold at least top_p of the mass, cut at k tokens otherwise. Zero-probability
-    (-inf) tokens are never drawn.
+    The nucleus is the smallest set of most probable tokens with mass >= top_p (a token is kept
+    iff the tokens before it in descending order, ties broken by vocabulary index, hold < top_p),
+    renormalised. The CDF runs over the kept tokens in vocabulary order, so a uniform picks the
+    same token whichever way the nucleus was found. Zero-probability (-inf) tokens are never drawn.
     """
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     lead, vocab = logits.shape[:-1], logits.shape[-1]
     if uniform.shape != lead:
         raise ValueError(f"uniform must have shape {tuple(lead)}, got {tuple(uniform.shape)}")
-    flat = logits.detach().float().reshape(-1, vocab)
-    order = None
-    if top_p == 1.0:
-        probs = torch.softmax(flat, dim=-1)
-    elif candidates is not None and candidates < vocab:
-        top, order = torch.topk(flat, candidates, dim=-1, sorted=False)
-        # Canonical order, as the stable sort gives: by value, ties by vocabulary index (topk
-        # leaves ties in a shape-dependent order on CUDA, which would break batch invariance).
-        order, by_index = torch.sort(order, dim=-1)
-        top, by_value = torch.sort(top.gather(-1, by_index), dim=-1, descending=True, stable=True)
-        order = order.gather(-1, by_value)
-        probs = torch.exp(top - torch.logsumexp(flat, dim=-1, keepdim=True))
-    else:
-        top, order = torch.sort(flat, dim=-1, descending=True, stable=True)
-        probs = torch.softmax(top, dim=-1)
-    cdf = torch.cumsum(probs, dim=-1)
+    probs = torch.softmax(logits.detach().float().reshape(-1, vocab), dim=-1)
+    mass = (probs * float(1 << MASS_BITS)).long()  # exact: a power-of-two scale, then truncation
     if top_p < 1.0:
-        keep = (cdf - probs) < top_p  # a prefix of the sorted tokens, never empty
-        total = torch.where(keep, cdf, torch.zeros_like(cdf)).amax(dim=-1, keepdim=True)
-        last = keep.sum(dim=-1) - 1
-    else:
-        total = cdf[:, -1:]
-        last = (probs.shape[-1] - 1) - (probs > 0).flip(-1).int().argmax(dim=-1)  # last token with mass
-    target = uniform.detach().reshape(-1, 1).to(cdf.dtype) * total
-    index = torch.minimum(torch.searchsorted(cdf, target, right=True).squeeze(-1), last)
-    if order is not None:
-        index = order.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    return index.reshape(lead)
+        mass = mass * nucleus_mask(probs, mass, top_p)
+    cdf = torch.cumsum(mass, dim=-1)
+    target = (uniform.detach().reshape(-1, 1).double() * cdf[:, -1:]).long()  # in [0, total) for u in (0, 1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).reshape(lead)
+
+
+def nucleus_mask(probs: Tensor, mass: Tensor, top_p: float) -> Tensor:
+    """Boolean [R, V]: the top-p nucleus of each row of probs [R, V], whose integer masses are `mass`.
+
+    Tokens are ranked by probability, ties by vocabulary index; a token is kept iff the tokens
+    ranked before it hold < top_p. Only the boundary probability p* (the smallest kept one)
+    needs the ranking, so the probabilities are sorted without their indices: tokens above p*
+    are kept, and of the tokens equal to p* the first ones in vocabulary order, as many as fit
+    while the mass before them stays < top_p.
+    """
+    need = torch.clamp(mass.sum(dim=-1, keepdim=True), max=int(top_p * (1 << MASS_BITS)))  # at most the total
+    ordered = _descending(probs)
+    ordered_mass = (ordered * float(1 << MASS_BITS)).long()
+    before = ordered_mass.cumsum(dim=-1) - ordered_mass  # mass ranked before each sorted token
+    boundary = ((before < need).sum(dim=-1, keepdim=True) - 1)  # rank of the last kept token
+    smallest_kept, boundary_mass = ordered.gather(-1, boundary), ordered_mass.gather(-1, boundary)
+    first_tie = (ordered > smallest_kept).sum(dim=-1, keepdim=True)  # rank where the ties at p* start
+    room = need - before.gather(-1, first_tie)  # > 0: mass the ties at p* may still fill
+    ties_kept = torch.div(room + boundary_mass - 1, boundary_mass, rounding_mode="floor")  # ceil(room / m*)
+    tie = probs == smallest_kept
+    return (probs > smallest_kept) | (tie & (torch.cumsum(tie, dim=-1) <= ties_kept))
+
+
+def _descending(values: Tensor) -> Tensor:
+    """values [R, V] sorted along the last dim, largest first, without the index payload.
+
+    On CPU numpy's vectorised sort is used: torch's CPU sort always carries indices and runs
+    ~15x slower on rows of a few hundred to a few hundred thousand integers. A CPU tensor and
+    its numpy view share memory, so nothing is copied or synchronised.
+    """
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(np.sort(values.numpy(), axis=-1)[:, ::-1]))
+    return torch.sort(values, dim=-1, descending=True).values

@@ -30,8 +30,6 @@ class SamplerConfig:
     max_new_tokens: int = ranged(128, low=1)
     temperature: float = ranged(0.7, low=0.0, low_open=True)
     top_p: float = ranged(0.95, low=0.0, high=1.0, low_open=True)
-    # Look for the nucleus among this many top tokens instead of sorting the vocabulary.
-    top_p_candidates: int | None = ranged(None, low=1, optional=True)
     batch_size: int = ranged(1, low=1)
 
 
@@ -55,7 +53,6 @@ class DiffusionSampler:
         max_new_tokens: int = 128,
         temperature: float = 0.7,
         top_p: float = 0.95,
-        top_p_candidates: int | None = None,
     ):
         self.model = model
         self.schedule = schedule
@@ -64,7 +61,6 @@ class DiffusionSampler:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
-        self.top_p_candidates = top_p_candidates
         schedule.check_length(max_new_tokens)
         # Computed once on the host: reading counts inside the loop would wait on the device.
         self.plan = schedule.planned_counts(max_new_tokens) or [None] * schedule.steps
@@ -74,7 +70,7 @@ class DiffusionSampler:
         """Build from the `sampler` section of a run config (batch_size is the runner's business)."""
         return cls(
             model, schedule, guidance, num_samples=sampler.num_samples, max_new_tokens=sampler.max_new_tokens,
-            temperature=sampler.temperature, top_p=sampler.top_p, top_p_candidates=sampler.top_p_candidates,
+            temperature=sampler.temperature, top_p=sampler.top_p,
         )
 
     def build_canvas(self, prompt_token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +117,7 @@ class DiffusionSampler:
             scaled = steered.logits.gather(1, rows) / self.temperature
             scaled[..., self.model.mask_token_id] = float("-inf")  # committing <mask> would re-mask
             uniforms = noise.uniform(Stream.COMMIT_TOKEN, step, length).gather(1, positions)
-            drawn = sample_nucleus(scaled, uniforms, self.top_p, self.top_p_candidates)
+            drawn = sample_nucleus(scaled, uniforms, self.top_p)
             tokens = response.scatter(1, positions, drawn)
             order_logits = (logits if self.schedule.order_from == "unguided" else steered.logits).gather(1, rows)
             order_probs = torch.softmax(order_logits / self.schedule.confidence_temperature(self.temperature), dim=-1)

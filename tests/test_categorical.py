@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entrgi.categorical import sample_nucleus
+from entrgi.categorical import MASS_BITS, nucleus_mask, sample_nucleus
 
 NINF = float("-inf")
 
@@ -16,17 +16,56 @@ def test_hand_uniforms_without_top_p_follow_vocabulary_order():
     assert sample_nucleus(logits, u).tolist() == [0, 1, 2, 0, 2]  # cdf 0.2, 0.7, 1.0
 
 
-def test_hand_uniforms_in_the_nucleus_follow_descending_order():
-    # probs [0.05, 0.5, 0.15, 0.3]: sorted t1 0.5, t3 0.3, t2 0.15, t0 0.05; mass before: 0, .5, .8, .95
+def test_hand_uniforms_in_the_nucleus_follow_vocabulary_order():
+    # probs [0.05, 0.5, 0.15, 0.3]: descending t1 0.5, t3 0.3, t2 0.15, t0 0.05; mass before: 0, .5, .8, .95
     logits = torch.tensor([0.05, 0.5, 0.15, 0.3]).log()
-    cases = {  # top_p -> (nucleus in order, uniforms, expected tokens)
-        0.7: ([1, 3], [0.1, 0.62, 0.63, 0.99], [1, 1, 3, 3]),  # renormalised 0.625 / 0.375
-        0.85: ([1, 3, 2], [0.5, 0.6, 0.95], [1, 3, 2]),  # u·0.95 against cdf 0.5, 0.8, 0.95
-        0.3: ([1], [0.01, 0.99], [1, 1]),
+    cases = {  # top_p -> (uniforms, expected tokens)
+        0.7: ([0.1, 0.62, 0.63, 0.99], [1, 1, 3, 3]),  # nucleus {1, 3}: cdf 0.625, 1
+        0.85: ([0.5, 0.6, 0.95], [1, 2, 3]),  # nucleus {1, 2, 3}: cdf 0.5, 0.65, 0.95 over 0.95
+        0.3: ([0.01, 0.99], [1, 1]),
     }
-    for top_p, (_, uniforms, expected) in cases.items():
+    for top_p, (uniforms, expected) in cases.items():
         u = torch.tensor(uniforms)
         assert sample_nucleus(logits.expand(len(u), 4), u, top_p).tolist() == expected, top_p
+
+
+def test_ties_at_the_boundary_are_kept_in_vocabulary_order():
+    probs = torch.tensor([0.1, 0.2, 0.2, 0.2, 0.2, 0.1])
+    mass = (probs * float(1 << MASS_BITS)).long()
+    # descending: t1 t2 t3 t4 (0.2 each, by index), then t0 t5; mass before t3 is 0.4, before t4 0.6
+    assert nucleus_mask(probs[None], mass[None], 0.5).tolist() == [[False, True, True, True, False, False]]
+    assert nucleus_mask(probs[None], mass[None], 0.4).tolist() == [[False, True, True, False, False, False]]
+    assert nucleus_mask(probs[None], mass[None], 0.9).tolist() == [[True, True, True, True, True, False]]
+
+
+def _sorted_nucleus(probs: torch.Tensor, mass: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The definition, by a stable descending sort: kept iff the mass before < top_p (clamped to the total)."""
+    order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
+    ordered = mass.gather(-1, order)
+    need = torch.clamp(ordered.sum(-1, keepdim=True), max=int(top_p * (1 << MASS_BITS)))
+    keep = (ordered.cumsum(-1) - ordered) < need
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def test_boundary_search_equals_the_sorted_definition():
+    gen = torch.Generator().manual_seed(3)
+    for scale, levels in ((6.0, None), (1.0, None), (0.01, None), (3.0, 4)):
+        logits = torch.randn(300, 257, generator=gen) * scale
+        if levels is not None:  # many exact ties
+            logits = torch.round(logits * levels) / levels
+        probs = torch.softmax(logits, dim=-1)
+        mass = (probs * float(1 << MASS_BITS)).long()
+        for top_p in (0.05, 0.5, 0.9, 0.95, 0.999999):
+            expected = _sorted_nucleus(probs, mass, top_p)
+            assert torch.equal(nucleus_mask(probs, mass, top_p), expected), (scale, levels, top_p)
+
+
+def test_a_row_draws_the_same_token_in_any_batch():
+    logits = torch.randn(64, 300, generator=torch.Generator().manual_seed(5)) * 4
+    u = torch.rand(64, generator=torch.Generator().manual_seed(6))
+    together = sample_nucleus(logits, u, 0.9)
+    alone = torch.stack([sample_nucleus(logits[i : i + 1], u[i : i + 1], 0.9)[0] for i in range(0, 64, 7)])
+    assert torch.equal(together[::7], alone)
 
 
 def test_frequencies_match_the_renormalised_nucleus():
@@ -55,17 +94,3 @@ def test_batched_shape_dtype_and_errors():
         sample_nucleus(logits, u[0])
     with pytest.raises(ValueError):
         sample_nucleus(logits, u, top_p=0.0)
-
-
-def test_candidates_equal_the_full_sort_when_they_cover_the_nucleus():
-    logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(0)) * 6
-    u = torch.rand(64, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(sample_nucleus(logits, u, 0.9, candidates=64), sample_nucleus(logits, u, 0.9))
-
-
-def test_candidates_cut_a_wider_nucleus_at_k():
-    logits = torch.zeros(1000, 100)  # uniform: the 0.9 nucleus holds 90 tokens
-    u = torch.rand(1000, generator=torch.Generator().manual_seed(2))
-    drawn = sample_nucleus(logits, u, 0.9, candidates=10)
-    assert len(set(drawn.tolist())) == 10
-    assert len(set(sample_nucleus(logits, u, 0.9).tolist())) == 90

@@ -45,7 +45,6 @@ class RewardGradientConfig(GuidanceConfig):
     # Shared with the sampler by default: the hard draw and the commit step use the same τ and top-p.
     temperature: float = ranged("${sampler.temperature}", low=0.0, low_open=True)
     top_p: float = ranged("${sampler.top_p}", low=0.0, high=1.0, low_open=True)
-    top_p_candidates: int | None = ranged("${sampler.top_p_candidates}", low=1, optional=True)
     min_coverage: float = ranged(0.0, low=0.0, high=1.0)
 
 
@@ -63,7 +62,7 @@ class RewardGradientGuidance(Guidance):
         eos_mask_from: which tokens decide the first EOS that hides the rest of the response
             from the RM: argmax of φ (the reference) or the sampled hard tokens.
         temperature, top_p: τ of the soft path and of the hard-token draw; top-p applies
-            to the hard draw only (`top_p_candidates`: see `categorical.sample_nucleus`).
+            to the hard draw only.
         min_coverage: fail when fewer dLLM tokens than this map exactly into the RM vocabulary.
     """
 
@@ -81,7 +80,6 @@ class RewardGradientGuidance(Guidance):
         eos_mask_from: str = "argmax",
         temperature: float = 0.7,
         top_p: float = 0.95,
-        top_p_candidates: int | None = None,
         min_coverage: float = 0.0,
     ):
         if torch.device(model.device) != torch.device(reward.device):
@@ -93,7 +91,7 @@ class RewardGradientGuidance(Guidance):
         self.rule = MixRule.parse(rule)
         self.M, self.eta, self.optimizer_cls = M, eta, _OPTIMIZERS[optimizer]
         self.every, self.keep, self.focus_margin, self.eos_mask_from = every, keep, focus_margin, eos_mask_from
-        self.temperature, self.top_p, self.top_p_candidates = temperature, top_p, top_p_candidates
+        self.temperature, self.top_p = temperature, top_p
         self.eos_token_id, self.mask_token_id = model.eos_token_id, model.mask_token_id
         bridge = build_vocab_bridge(model.tokenizer, reward.tokenizer, model.vocab_size)
         self.coverage = bridge.coverage
@@ -145,7 +143,7 @@ class RewardGradientGuidance(Guidance):
         scaled = current / self.temperature
         scaled[..., self.mask_token_id] = float("-inf")  # as in the commit draw: <mask> is no token
         uniforms = context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, context.masked.shape[-1], iteration)
-        hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.top_p, self.top_p_candidates)
+        hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.top_p)
         mix = relaxed_embeddings(phi, self.table, hard, weight, self.temperature, entropy_nats=ent)
         return mix, hard, ent, weight
 
