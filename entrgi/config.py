@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from entrgi.benchmarks import BenchmarkConfig
+from entrgi.evaluators import EvaluatorConfig
+from entrgi.evaluators.lmunit import LMUnitConfig
+from entrgi.evaluators.oracle import ToyOracleConfig
+from entrgi.evaluators.reward import HeldOutRewardConfig
 from entrgi.guidance import GuidanceConfig, RewardGradientConfig
 from entrgi.loggers import WandbLoggerConfig
 from entrgi.models import DiffusionLMConfig
@@ -47,6 +52,8 @@ class RunConfig:
     schedule: Any = MISSING
     benchmark: Any = MISSING
     logger: Any = MISSING
+    # Judges applied to the saved responses after generation, {option: config} (`evaluator=[lmunit,reward]`).
+    evaluator: Any = field(default_factory=dict)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 1
     name: str = "default"
@@ -70,10 +77,38 @@ class PerfConfig(RunConfig):
     perf: PerfSettings = field(default_factory=PerfSettings)
 
 
+@dataclass
+class EvaluateConfig:
+    """The root config of `python -m entrgi.evaluate`: judges applied to finished run directories."""
+
+    runs: list[str] = field(default_factory=list)  # run or sweep directories, globs (positional arguments)
+    evaluator: Any = field(default_factory=dict)
+    logger: Any = MISSING
+    # Leave out runs that already hold an evaluator's judgements (resume an interrupted judging job).
+    skip_judged: bool = False
+
+
 def _tiny_world_path(part: str, size: str = "tiny") -> str:
     from entrgi.tiny_world import ensure_tiny_world
 
     return str(ensure_tiny_world(size)[part])
+
+
+def _toy_world_path(part: str) -> str:
+    from entrgi.toy.world import toy_world_path
+
+    return str(toy_world_path(part))
+
+
+def _tiny_judge_path(part: str) -> str:
+    from entrgi.evaluators.tiny import ensure_tiny_judges
+
+    return str(ensure_tiny_judges()[part])
+
+
+def _basename(path: str) -> str:
+    """A checkpoint's name: the last part of a Hub id or folder ('Skywork/Skywork-Reward-V2-Qwen3-8B' -> ...-8B)."""
+    return Path(str(path).rstrip("/")).name
 
 
 def _data_file(name: str) -> str:
@@ -100,12 +135,30 @@ def _device_slots(devices=None, cpu_jobs=2) -> int:
     return device_slots(devices, int(cpu_jobs))
 
 
+# Gradient steps M that `arm` options exist for (experiment=tiny-study sweeps 1, 2, 3, 4, 6).
+ARM_STEPS = range(1, 11)
+
+
+def _register_arms(cs: ConfigStore) -> None:
+    """The `arm` group: one option per study cell, `none` or `<method>-M<m>` (e.g. `+arm=entrgi-M3`).
+
+    A product sweep `guidance=none,soft guidance.M=1,3` would give the unguided baseline an M it
+    does not have; sweeping arms runs the baseline once per seed and M only where it means something.
+    """
+    cs.store(group="arm", name="none", node={"defaults": [{"override /guidance": "none"}]}, package="_global_")
+    for method in ("soft", "aps", "entrgi"):
+        for steps in ARM_STEPS:
+            node = {"defaults": [{"override /guidance": method}], "guidance": {"M": steps}}
+            cs.store(group="arm", name=f"{method}-M{steps}", node=node, package="_global_")
+
+
 def register() -> None:
     """Put the schemas in the ConfigStore and the resolvers in OmegaConf (idempotent)."""
     cs = ConfigStore.instance()
     # The root schema is a group of its own so that `perf.yaml` can swap it for PerfConfig.
     cs.store(group="root", name="run", node=RunConfig, package="_global_")
     cs.store(group="root", name="perf", node=PerfConfig, package="_global_")
+    cs.store(group="root", name="evaluate", node=EvaluateConfig, package="_global_")
     schemas = {
         "model": DiffusionLMConfig,
         "reward": RewardModelConfig,
@@ -119,8 +172,17 @@ def register() -> None:
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
     cs.store(group="schema/guidance", name="reward_gradient", node=RewardGradientConfig)
     cs.store(group="schema/schedule", name="low_confidence", node=LowConfidenceConfig)
+    cs.store(group="schema/evaluator", name="base", node=EvaluatorConfig)
+    cs.store(group="schema/evaluator", name="lmunit", node=LMUnitConfig)
+    cs.store(group="schema/evaluator", name="reward", node=HeldOutRewardConfig)
+    cs.store(group="schema/evaluator", name="oracle", node=ToyOracleConfig)
+    _register_arms(cs)
+    # The random worlds (format tests, perf-mid) and the trained toy world (experiment=tiny).
     OmegaConf.register_new_resolver("entrgi.tiny_world", _tiny_world_path, replace=True)
+    OmegaConf.register_new_resolver("entrgi.toy_world", _toy_world_path, replace=True)
     OmegaConf.register_new_resolver("entrgi.data", _data_file, replace=True)
+    OmegaConf.register_new_resolver("entrgi.tiny_judge", _tiny_judge_path, replace=True)
+    OmegaConf.register_new_resolver("entrgi.basename", _basename, replace=True)
     # Directory names (entrgi.sweeps). The sweep's is cached: resolved once in the launching
     # process, the cache is copied into each job's config (as for Hydra's ${now:}).
     OmegaConf.register_new_resolver("entrgi.job_dir", _job_dir, replace=True)

@@ -7,6 +7,10 @@ entropy/error histogram always cover every prompt of the job, those of earlier a
 included (histogram counts are persisted per batch in `artifact_parts.jsonl`); `wall_seconds`
 is the generation time of the attempt that finished the job. A resumed job's W&B run replays
 the committed batches first, so it too covers every prompt. `run.overwrite=true` starts afresh.
+
+The judges of `cfg.evaluator` score the saved responses once generation is complete and
+`summary.json` written (the dLLM and the guiding RM are freed first); a rerun of a finished
+job applies the ones whose judgements are still missing (`entrgi.evaluators.judging`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from tqdm.auto import tqdm
 
 from entrgi.benchmarks import Prompt
 from entrgi.checkpoints import resolve_checkpoint
+from entrgi.evaluators.base import release_memory
+from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
+from entrgi.reporting.runs import load_run
 from entrgi.rewards import RewardModel
 from entrgi.sampler import DiffusionSampler
 from entrgi.tracking import Progress, RunDirectory, additive, counts_increment, sum_increments
@@ -51,6 +58,7 @@ def _sample_record(prompt: Prompt, responses: list[str], rewards: list[float], b
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run (or resume, or just report) the job `cfg` describes; returns the summary written to summary.json."""
     validate(cfg)
+    evaluator_configs(cfg.evaluator)  # two judges with one name: refused before anything runs
     schedule = instantiate(cfg.schedule)
     schedule.check_length(cfg.sampler.max_new_tokens)
     run_dir = RunDirectory(output_dir)
@@ -61,6 +69,9 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         finished = run_dir.finished()
         if finished is not None:
             log.info("%s is finished already (run.overwrite=true to redo it)", run_dir.path)
+            if cfg.evaluator:
+                apply_evaluators(cfg.evaluator, [run_dir.path], skip_judged=True)
+                finished = run_dir.finished()
             return finished
         return _run(cfg, schedule, run_dir)
 
@@ -69,6 +80,7 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     # Locate both checkpoints before loading either: a missing 7B fails in seconds.
     resolve_checkpoint(cfg.model.path, "model.path")
     resolve_checkpoint(cfg.reward.path, "reward.path")
+    locate_weights(evaluator_configs(cfg.evaluator))
 
     benchmark = instantiate(cfg.benchmark)
     whole = benchmark.slice()
@@ -92,7 +104,7 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     sampler = DiffusionSampler.from_config(model, schedule, guidance, cfg.sampler)
     logger = instantiate(cfg.logger)
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
-    summary = None
+    summary, completed = None, False
     try:
         for records, steps in done.batches():  # earlier attempts' batches, so the W&B run covers them too
             logger.log_batch(records, steps)
@@ -104,9 +116,18 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
             increments = [part[name] for part in state.parts if name in part]
             run_dir.write_json(name, sum_increments(content, increments) if additive(content) else content)
         run_dir.write_summary(summary)
+        if cfg.evaluator:
+            del sampler, guidance, model, reward  # the judges need the memory
+            release_memory()
+            judged = apply_evaluators(cfg.evaluator, [run_dir.path])[run_dir.path]
+            records = load_run(run_dir.path).samples
+            for name, lines in judged.items():
+                logger.log_judgements(name, lines, records)
+            summary = run_dir.finished()
+        completed = True
         return summary
     finally:
-        logger.finish(summary, failed=summary is None)
+        logger.finish(summary, failed=not completed)
 
 
 def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_dir, logger) -> dict[str, Any]:

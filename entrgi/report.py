@@ -1,7 +1,8 @@
 """`python -m entrgi.report PATH… [--out DIR]`: the paper's table and figures from any set of runs.
 
 PATHs are run directories, sweep directories (searched recursively) or globs. Writes
-table.md, table.csv and the figures (PNG) into --out (default: `report/` inside the only
+table.md, table.csv (with a column per judge that scored the runs, `entrgi.evaluate`) and the
+figures (PNG) into --out (default: `report/` inside the only
 PATH when it is a directory, else `./report`) and prints a short summary. Incomplete runs
 are listed and left out; different prompt slices within one row stop the report (exit 2).
 """
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         figures = write_figures(table, out / "figures")
 
     n_runs = sum(len(row.runs) for row in table.rows)
+    judges = f"; judges ({', '.join(table.judges)}): score of the Top@1 response" if table.judges else ""
     print(f"{n_runs} runs in {len(table.rows)} rows ({len(found.incomplete)} incomplete left out); "
-          "Top@1 / Avg@K: mean ± SEM over seeds, * best of its benchmark")
+          f"Top@1 / Avg@K: mean ± SEM over seeds, * best of its benchmark{judges}")
     print(table.console())
     print(f"wrote {out / 'table.md'}, {out / 'table.csv'}")
     if figures:

@@ -42,8 +42,10 @@ CONFIG = "config.yaml"
 METADATA = "run.json"
 ERROR = "error.json"
 LOCK = ".lock"
+JUDGEMENTS = "judgements"  # one file per evaluator (entrgi.evaluators.judging)
 # What `run.overwrite=true` deletes: everything a job writes (Hydra's .hydra/ and log stay).
-RESULTS = (SAMPLES, STEPS, PARTS, SUMMARY, CONFIG, METADATA, ERROR, "entropy_error_histogram.json", "figures", "wandb")
+RESULTS = (SAMPLES, STEPS, PARTS, SUMMARY, CONFIG, METADATA, ERROR, "entropy_error_histogram.json", "figures", "wandb",
+           JUDGEMENTS)
 
 
 class RunDirectoryBusy(ResourceUnavailable):
@@ -331,6 +333,11 @@ class RunDirectory:
 
     def write_json(self, name: str, content: Any) -> None:
         _atomic_write(self.path / f"{name}.json", json.dumps(content))
+
+    def write_judgements(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """One evaluator's per-prompt scores, replacing its earlier ones whole and atomically."""
+        (self.path / JUDGEMENTS).mkdir(exist_ok=True)
+        _rewrite_lines(self.path / JUDGEMENTS / f"{name}.jsonl", rows)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _atomic_write(self.path / SUMMARY, json.dumps(summary, indent=2))

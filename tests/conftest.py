@@ -1,4 +1,5 @@
-"""Shared fixtures: offline environment, the tiny world built once per session, composed configs."""
+"""Shared fixtures: offline environment, the random tiny world built once per session, the shipped
+toy world, composed configs."""
 
 from __future__ import annotations
 
@@ -85,3 +86,29 @@ def tiny_reward(tiny_paths):
     from entrgi.rewards import RewardModel
 
     return RewardModel(str(tiny_paths["reward"]), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_judges(tiny_cache) -> dict[str, Path]:
+    """The offline tiny LMUnit-format judge and the held-out tiny RM (entrgi.evaluators.tiny)."""
+    from entrgi.evaluators.tiny import ensure_tiny_judges
+
+    return ensure_tiny_judges()
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """The trained toy dLLM that experiment=tiny uses (shipped in the package)."""
+    from entrgi.models import DiffusionLM
+    from entrgi.toy.world import toy_world_path
+
+    return DiffusionLM(str(toy_world_path("dllm")), tokenizer_class="Qwen2Tokenizer", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_reward():
+    """The trained toy RM that experiment=tiny uses."""
+    from entrgi.rewards import RewardModel
+    from entrgi.toy.world import toy_world_path
+
+    return RewardModel(str(toy_world_path("reward")), device="cpu")

@@ -118,5 +118,5 @@ def test_prompts_group_slice_ignores_everything_but_the_benchmark(compose, promp
 
 def test_tiny_benchmark(compose):
     prompts = instantiate(compose(["experiment=tiny"]).benchmark).prompts()
-    assert [p.id for p in prompts] == [f"tiny-{i}" for i in range(8)]
-    assert prompts[0].text == "Describe the small cat." and prompts[0].category == "describe"
+    assert [p.id for p in prompts] == [f"tiny-{i}" for i in range(32)]
+    assert prompts[0].text == "Describe a grey frog that sleeps by the field." and prompts[0].category == "full"

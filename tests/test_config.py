@@ -76,10 +76,12 @@ def test_defaults_are_the_paper_setup(compose):
     assert cfg.seed == 1
 
 
-def test_tiny_experiment_selects_the_tiny_world(compose, tiny_paths):
+def test_tiny_experiment_selects_the_toy_world(compose):
+    from entrgi.toy.world import toy_world_path
+
     cfg = compose(["experiment=tiny"])
-    assert cfg.model.path == str(tiny_paths["dllm"])
-    assert cfg.reward.path == str(tiny_paths["reward"])
+    assert cfg.model.path == str(toy_world_path("dllm"))
+    assert cfg.reward.path == str(toy_world_path("reward"))
     assert cfg.benchmark.name == "tiny"
     assert cfg.model.device == "cpu"
 

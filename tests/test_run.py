@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from entrgi.experiment import run_experiment
+from entrgi.toy.world import toy_world_path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["experiment=tiny", "guidance=none", "logger=none"]
@@ -24,17 +25,17 @@ def _samples(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny_run(compose, tmp_path_factory):
-    """One tiny job (8 prompts, K=4, 16 steps), shared by the checks below."""
+    """One tiny job (32 prompts, K=4, 16 steps), shared by the checks below."""
     out = tmp_path_factory.mktemp("tiny-run")
     summary = run_experiment(compose(TINY), out)
     return out, summary
 
 
-def test_samples_jsonl(tiny_run, tiny_reward):
+def test_samples_jsonl(tiny_run, toy_reward):
     """One line per prompt; Top@1 = max and Avg@K = mean of the K rewards, which are the RM's text scores."""
     out, _ = tiny_run
     records = _samples(out)
-    assert [r["prompt_id"] for r in records] == [f"tiny-{i}" for i in range(8)]
+    assert [r["prompt_id"] for r in records] == [f"tiny-{i}" for i in range(32)]
     for r in records:
         assert {"prompt_id", "prompt", "responses", "rewards", "best_index", "top1", "avgk"} <= set(r)
         assert len(r["responses"]) == len(r["rewards"]) == 4
@@ -42,9 +43,9 @@ def test_samples_jsonl(tiny_run, tiny_reward):
         assert r["top1"] == max(r["rewards"])
         assert r["rewards"][r["best_index"]] == r["top1"]
         assert r["avgk"] == pytest.approx(sum(r["rewards"]) / 4)
-    assert records[0]["prompt"] == "Describe the small cat."
+    assert records[0]["prompt"] == "Describe a grey frog that sleeps by the field."
     # the stored rewards are the RM's scores of the stored (decoded) responses
-    rescored = tiny_reward.score_texts([records[0]["prompt"]] * 4, records[0]["responses"]).tolist()
+    rescored = toy_reward.score_texts([records[0]["prompt"]] * 4, records[0]["responses"]).tolist()
     assert rescored == pytest.approx(records[0]["rewards"], abs=1e-4)
 
 
@@ -56,17 +57,17 @@ def test_summary_json(tiny_run):
     assert written["top1_mean"] == pytest.approx(sum(r["top1"] for r in records) / len(records))
     assert written["avgk_mean"] == pytest.approx(sum(r["avgk"] for r in records) / len(records))
     assert written["top1_mean"] >= written["avgk_mean"]
-    assert written["n_prompts"] == 8
+    assert written["n_prompts"] == 32
     assert written["seed"] == 1
     assert written["guidance"] == "none"
     assert written["wall_seconds"] > 0
 
 
-def test_config_and_run_metadata(tiny_run, tiny_paths):
+def test_config_and_run_metadata(tiny_run):
     """The resolved config (no interpolations left) and the code revision are recorded."""
     out, _ = tiny_run
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["model"]["path"] == str(tiny_paths["dllm"])
+    assert config["model"]["path"] == str(toy_world_path("dllm"))
     assert config["sampler"]["num_samples"] == 4 and config["schedule"]["steps"] == 16
     assert "${" not in (out / "config.yaml").read_text()
     meta = json.loads((out / "run.json").read_text())
@@ -74,7 +75,7 @@ def test_config_and_run_metadata(tiny_run, tiny_paths):
     if (REPO / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{40}", meta["git"]["commit"])
         assert isinstance(meta["git"]["dirty"], bool)
-    assert meta["prompt_ids"] == [f"tiny-{i}" for i in range(8)]
+    assert meta["prompt_ids"] == [f"tiny-{i}" for i in range(32)]
     assert meta["seed"] == 1
 
 
@@ -116,4 +117,4 @@ def test_cli_tiny_run_prints_top1_and_avgk(tmp_path):
     assert re.search(r"Top@1 -?\d+\.\d+ +Avg@4 -?\d+\.\d+", result.stdout), result.stdout
     for name in ("samples.jsonl", "summary.json", "config.yaml", "run.json"):
         assert (out / name).is_file(), name
-    assert len(_samples(out)) == 8
+    assert len(_samples(out)) == 32

@@ -245,14 +245,14 @@ def test_killed_job_rerun_completes_every_prompt_exactly_once(tmp_path, compose)
             job.kill()
     run_dir = Path(stalled.read_text())
     assert run_dir.parent == tmp_path / "outputs" / "runs"
-    assert [r["prompt_id"] for r in _samples(run_dir)] == ["tiny-0"] and not (run_dir / "summary.json").exists()
+    assert [r["prompt_id"] for r in _samples(run_dir)] == ["tiny-2"] and not (run_dir / "summary.json").exists()
     with open(run_dir / "samples.jsonl", "a") as f:
-        f.write('{"prompt_id": "tiny-3", "responses": ["cut sh')  # a line the kill cut short
+        f.write('{"prompt_id": "tiny-16", "responses": ["cut sh')  # a line the kill cut short
 
     result = _entrgi(overrides, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     records = _samples(run_dir)
-    assert sorted(r["prompt_id"] for r in records) == ["tiny-0", "tiny-3", "tiny-6", "tiny-7"]
+    assert sorted(r["prompt_id"] for r in records) == ["tiny-16", "tiny-2", "tiny-24", "tiny-26"]
 
     reference = tmp_path / "reference"
     expected = run_experiment(compose(overrides), reference)
@@ -285,7 +285,7 @@ def test_shards_merge_to_the_unsharded_run(compose, tmp_path, method, batch):
     for i in range(2):
         run_experiment(compose([*overrides, f"benchmark.shard={i}", "benchmark.num_shards=2"]), tmp_path / f"s{i}")
     ids = [json.loads((tmp_path / f"s{i}" / "run.json").read_text())["prompt_ids"] for i in range(2)]
-    assert ids == [["tiny-0", "tiny-6"], ["tiny-3", "tiny-7"]]
+    assert ids == [["tiny-2", "tiny-24"], ["tiny-16", "tiny-26"]]
 
     found = collect_runs([tmp_path / "s0", tmp_path / "s1"])
     (merged,), reference = found.runs, load_run(whole)

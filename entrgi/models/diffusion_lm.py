@@ -133,6 +133,11 @@ class DiffusionLM:
         real tokens only, so left padding does not move a prompt. The LM head runs only
         where logits are needed.
         """
+        return self.differentiable_logits(canvas, attention_mask, start)
+
+    def differentiable_logits(self, canvas: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """`logits` with autograd left on, so a dLLM is trained through the very forward that samples
+        from it (the toy world's dLLM, `entrgi.toy`)."""
         embeds = self.network.get_input_embeddings()(canvas)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         # A prepared (4-D) mask is used as given by every decoder class; never skipped, because

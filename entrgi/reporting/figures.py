@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from entrgi.reporting.runs import Run
-from entrgi.reporting.table import Row, Table, model_size
+from entrgi.reporting.table import Row, Stat, Table, model_size
 
 FULL_WIDTH, COLUMN_WIDTH = 6.75, 3.25  # inches
 STYLE = {
@@ -203,13 +204,29 @@ def reward_curves(table: Table, rows: list[Row], path: Path, title: str) -> Path
 MARKERS, DASHES = ("o", "s", "^", "D", "v", "P"), ("-", "--", ":", "-.")
 
 
+@dataclass(frozen=True)
+class Metric:
+    """What a `_versus` figure puts on the y axis: a row's Stat (None: the row has no value)."""
+
+    stat_of: Callable[[Row], Stat | None]
+    label: str
+
+
+TOP1 = Metric(lambda row: row.top1, "Top@1 (RM score, mean ± SEM)")
+
+
+def judge_metric(name: str) -> Metric:
+    """A judge's score of the Top@1 response."""
+    return Metric(lambda row: row.judge(name), f"{name} of the Top@1 response (mean ± SEM)")
+
+
 def _versus(rows: list[Row], path: Path, title: str, x_of: Callable[[Row], Any],
             variant_of: Callable[[Row], str], xlabel: str, log_x: bool = False,
-            tick_label: Callable[[Any], str] = str) -> Path | None:
-    """Top@1 ± SEM against x_of(row): colour = method, marker and dash = variant (e.g. reward model)."""
+            tick_label: Callable[[Any], str] = str, metric: Metric = TOP1) -> Path | None:
+    """metric ± SEM against x_of(row): colour = method, marker and dash = variant (e.g. reward model)."""
     series: dict[tuple[str, str], list[Row]] = {}
     for row in rows:
-        if x_of(row) is not None:
+        if x_of(row) is not None and metric.stat_of(row) is not None:
             series.setdefault((row.method, variant_of(row)), []).append(row)
     series = {key: members for key, members in series.items() if len({x_of(r) for r in members}) > 1}
     if not series:
@@ -224,8 +241,9 @@ def _versus(rows: list[Row], path: Path, title: str, x_of: Callable[[Row], Any],
         for (method, variant), members in series.items():
             members.sort(key=x_of)
             v = variants.index(variant)
-            ax.errorbar([x_of(r) for r in members], [r.top1.mean for r in members],
-                        yerr=[r.top1.sem or 0.0 for r in members], capsize=2, color=method_colour[method],
+            stats = [metric.stat_of(r) for r in members]
+            ax.errorbar([x_of(r) for r in members], [stat.mean for stat in stats],
+                        yerr=[stat.sem or 0.0 for stat in stats], capsize=2, color=method_colour[method],
                         marker=MARKERS[v % len(MARKERS)], linestyle=DASHES[v % len(DASHES)],
                         label=f"{method} {variant}".strip())
         if log_x:
@@ -233,32 +251,35 @@ def _versus(rows: list[Row], path: Path, title: str, x_of: Callable[[Row], Any],
             ax.minorticks_off()
         ax.set_xticks(xs_all, [tick_label(x) for x in xs_all])
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("Top@1 (RM score, mean ± SEM)")
+        ax.set_ylabel(metric.label)
         ax.set_title(title)
         if len(series) > 1:
             figure.legend(loc="outside right upper")
         return _save(figure, path)
 
 
-def top1_vs_M(table: Table, rows: list[Row], path: Path, title: str) -> Path | None:
-    """The paper's Figure 5: Top@1 against the number of Adam iterations M, one line per method."""
+def top1_vs_M(table: Table, rows: list[Row], path: Path, title: str, metric: Metric = TOP1) -> Path | None:
+    """The paper's Figure 5: Top@1 (or a judge's score) against the number of Adam iterations M, one line per method."""
     def variant(row: Row) -> str:
         return " ".join(filter(None, [table.reward_label(row) if table.varies_reward else "", row.settings_text]))
-    return _versus(rows, path, title, lambda r: r.M, variant, "Adam iterations per denoising step $M$")
+    return _versus(rows, path, title, lambda r: r.M, variant, "Adam iterations per denoising step $M$",
+                   metric=metric)
 
 
-def top1_vs_reward_model(table: Table, rows: list[Row], path: Path, title: str) -> Path | None:
-    """The paper's Figure 4: Top@1 against the reward model's size, one line per method."""
+def top1_vs_reward_model(table: Table, rows: list[Row], path: Path, title: str,
+                         metric: Metric = TOP1) -> Path | None:
+    """The paper's Figure 4: Top@1 (or a judge's score) against the guiding reward model's size, one line per method."""
     def variant(row: Row) -> str:
         m = f"M={row.M}" if table.varies_M and row.M is not None else ""
         return " ".join(filter(None, [m, row.settings_text]))
     sizes = {row.reward_model: model_size(row.reward_model) for row in rows}
     if None not in sizes.values():
         return _versus(rows, path, title, lambda r: sizes[r.reward_model], variant,
-                       "reward model size (billion parameters)", log_x=True, tick_label=lambda x: f"{x:g}B")
+                       "reward model size (billion parameters)", log_x=True, tick_label=lambda x: f"{x:g}B",
+                       metric=metric)
     names = sorted(sizes)  # sizes unknown: one tick per model, in name order
     return _versus(rows, path, title, lambda r: names.index(r.reward_model), variant, "reward model",
-                   tick_label=lambda i: table.reward_label_of(names[i]))
+                   tick_label=lambda i: table.reward_label_of(names[i]), metric=metric)
 
 
 FIGURES = (  # (file stem, function)
@@ -270,16 +291,22 @@ FIGURES = (  # (file stem, function)
 )
 
 
+# A judge's score against M and against the reward model (paper Figs. 4–5, LMUnit panels).
+JUDGE_FIGURES = (("vs_M", top1_vs_M), ("vs_reward_model", top1_vs_reward_model))
+
+
 def write_figures(table: Table, out_dir: Path) -> list[Path]:
     """Every figure the rows support, one file per figure and benchmark, under `out_dir`."""
     written = []
     for benchmark in table.benchmarks:
         rows = [row for row in table.rows if row.benchmark == benchmark]
         for stem, draw in FIGURES:
-            path = draw(table, rows, Path(out_dir) / f"{stem}_{_slug(benchmark)}.png", benchmark)
-            if path is not None:
-                written.append(path)
-    return written
+            written.append(draw(table, rows, Path(out_dir) / f"{stem}_{_slug(benchmark)}.png", benchmark))
+        for name in table.judges:
+            for stem, draw in JUDGE_FIGURES:
+                path = Path(out_dir) / f"{_slug(name)}_{stem}_{_slug(benchmark)}.png"
+                written.append(draw(table, rows, path, benchmark, metric=judge_metric(name)))
+    return [path for path in written if path is not None]
 
 
 def run_figures(run: Run, out_dir: Path) -> list[Path]:

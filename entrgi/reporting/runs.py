@@ -1,8 +1,9 @@
 """Run directories as the report sees them: found under any paths, loaded, shards merged.
 
 A run directory is what one job writes (`entrgi.tracking`): `config.yaml` and `run.json`
-at the start, `samples.jsonl` / `steps.jsonl` batch by batch, `summary.json` last. A
-directory without `summary.json` is an incomplete run: it is listed, never averaged in.
+at the start, `samples.jsonl` / `steps.jsonl` batch by batch, `summary.json` last, and later
+`judgements/<name>.jsonl` per judge (`entrgi.evaluators`). A directory without `summary.json`
+is an incomplete run: it is listed, never averaged in.
 
 Shards of one run — jobs whose configs are equal except for `SHARD_KEYS`, with disjoint
 prompt ids — are merged into one `Run` before anything is averaged. Two jobs with equal
@@ -22,17 +23,21 @@ from typing import Any
 
 import yaml
 
+from entrgi.evaluators.scores import summary_fields
+
 SUMMARY, CONFIG, METADATA = "summary.json", "config.yaml", "run.json"
 SAMPLES, STEPS, HISTOGRAM = "samples.jsonl", "steps.jsonl", "entropy_error_histogram.json"
-ERROR = "error.json"
+ERROR, JUDGEMENTS = "error.json", "judgements"
 # Folders inside a job directory (or beside it) that are never runs themselves.
-NOT_RUNS = {"wandb", ".hydra", "figures", "__pycache__", ".git", ".submitit", ".devices"}
+NOT_RUNS = {"wandb", ".hydra", "figures", "__pycache__", ".git", ".submitit", ".devices", JUDGEMENTS}
 # Config keys that differ between the shards of one run (`benchmark.shard=i benchmark.num_shards=n`).
 SHARD_KEYS: tuple[str, ...] = ("benchmark.shard", "benchmark.num_shards")
 # Config keys (or prefixes) that say how a job ran, not what it computed. `run` holds run
-# control (`run.overwrite`). Also left out of job directory names (entrgi.sweeps).
+# control (`run.overwrite`). Also left out of job directory names (entrgi.sweeps). The judges
+# (`evaluator`) score the saved responses and change nothing that was generated: adding one to a
+# finished job's command judges it instead of starting another job.
 EXECUTION_KEYS: tuple[str, ...] = (
-    "run", "logger", "model.device", "reward.device", "reward.batch_size", "sampler.batch_size",
+    "run", "logger", "model.device", "reward.device", "reward.batch_size", "sampler.batch_size", "evaluator",
 )
 # Per-step statistics that summary.json averages over guided steps.
 STEP_MEANS = ("entropy_mean", "w_mean", "E_mean", "D_mean")
@@ -148,6 +153,22 @@ class Run:
     @cached_property
     def samples(self) -> list[dict[str, Any]]:
         return [row for path in self.paths for row in _read_jsonl(path / SAMPLES)]
+
+    @cached_property
+    def judgements(self) -> dict[str, list[dict[str, Any]]]:
+        """{judge name: its per-prompt lines} over every shard; a judge missing from a shard is left out."""
+        per_path = [{file.stem: _read_jsonl(file) for file in sorted((path / JUDGEMENTS).glob("*.jsonl"))}
+                    for path in self.paths]
+        names = set.intersection(*(set(found) for found in per_path)) if per_path else set()
+        for name in sorted(set().union(*per_path) - names):
+            self.notes.append(f"{self.path}: judge {name} has not scored every shard; left out")
+        return {name: [line for found in per_path for line in found[name]] for name in sorted(names)}
+
+    @cached_property
+    def judge_scores(self) -> dict[str, dict[str, Any]]:
+        """{judge name: {"top1_mean", "top1_n", "avgk_mean"?, "judged", "failures"}} from the judgements."""
+        return {name: {key.removeprefix(f"{name}_"): value for key, value in summary_fields(name, lines).items()}
+                for name, lines in self.judgements.items()}
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """The results table: runs grouped into rows, Top@1 and Avg@K as mean ± SEM over seeds.
 
+Judges (`entrgi.evaluators`) add columns beside them: each judge's score of the Top@1 response
+(and its Avg@K when it judged all K), mean ± SEM over the seeds it scored, from the runs'
+`judgements/` files, and the number of responses it failed to score when any.
+
 A row is one benchmark × method, split further by reward model and M when the runs vary
 them, and by any other config value that differs within a benchmark × method (shown as
 `key=value` under Settings, so runs that computed different things are never averaged as
@@ -13,6 +17,7 @@ import math
 import os
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -78,6 +83,20 @@ class Row:
     @property
     def seeds(self) -> list[Any]:
         return [run.seed for run in self.runs]
+
+    def judged(self, name: str) -> list[Run]:
+        return [run for run in self.runs if name in run.judge_scores]
+
+    def judge(self, name: str, field: str = "top1_mean") -> Stat | None:
+        """A judge's `field` (`top1_mean` or `avgk_mean`) as mean ± SEM over the seeds it scored."""
+        values = [run.judge_scores[name].get(field) for run in self.judged(name)]
+        values = [v for v in values if v is not None]
+        return Stat.of(values) if values else None
+
+    def judge_count(self, name: str, field: str) -> int | None:
+        """`failures` or `judged` summed over the seeds the judge scored (None if it scored none)."""
+        runs = self.judged(name)
+        return sum(run.judge_scores[name][field] for run in runs) if runs else None
 
     @property
     def n_prompts(self) -> int:
@@ -147,10 +166,32 @@ class Table:
             parts.append(row.settings_text)
         return " ".join(parts)
 
-    def best(self, row: Row, column: str) -> bool:
-        """Is `row` the best (highest mean) of its benchmark in `column` ('top1' or 'avgk')?"""
-        peers = [getattr(r, column).mean for r in self.rows if r.benchmark == row.benchmark]
-        return len(peers) > 1 and getattr(row, column).mean >= max(peers)
+    def best(self, row: Row, column: str | Callable[[Row], Stat | None]) -> bool:
+        """Is `row` the best (highest mean) of its benchmark in `column` ('top1', 'avgk' or a Stat getter)?"""
+        stat_of = column if callable(column) else (lambda r: getattr(r, column))
+        mine = stat_of(row)
+        peers = [stat.mean for r in self.rows if r.benchmark == row.benchmark and (stat := stat_of(r)) is not None]
+        return mine is not None and len(peers) > 1 and mine.mean >= max(peers)
+
+    @cached_property
+    def judges(self) -> list[str]:
+        """Names of the judges that scored any run of the table."""
+        return sorted({name for row in self.rows for run in row.runs for name in run.judge_scores})
+
+    @cached_property
+    def judge_columns(self) -> list[tuple[str, Callable[[Row], Stat | None]]]:
+        """(header, Stat getter) of each judge's Top@1 column and, when it judged all K, Avg@K column."""
+        columns = []
+        for name in self.judges:
+            columns.append((name, lambda r, n=name: r.judge(n)))
+            if any(row.judge(name, "avgk_mean") for row in self.rows):
+                columns.append((f"{name} {self.avgk_name}", lambda r, n=name: r.judge(n, "avgk_mean")))
+        return columns
+
+    @cached_property
+    def judges_failing(self) -> list[str]:
+        """Judges that failed on some response: they get a column of failure counts."""
+        return [name for name in self.judges if any(row.judge_count(name, "failures") for row in self.rows)]
 
     @property
     def avgk_name(self) -> str:
@@ -162,16 +203,22 @@ class Table:
         head += ["Reward model"] if self.varies_reward else []
         head += ["M"] if self.varies_M else []
         head += ["Settings"] if self.has_settings else []
-        return head + ["Top@1", self.avgk_name, "Seeds", "Prompts"]
+        head += ["Top@1", self.avgk_name] + [header for header, _ in self.judge_columns]
+        return head + [f"{name} failed" for name in self.judges_failing] + ["Seeds", "Prompts"]
 
     def _cells(self, row: Row, mark) -> list[str]:
         cells = [row.benchmark, row.method]
         cells += [row.reward_model] if self.varies_reward else []
         cells += ["–" if row.M is None else str(row.M)] if self.varies_M else []
         cells += [row.settings_text] if self.has_settings else []
-        return cells + [mark(row.top1.format(), self.best(row, "top1")),
-                        mark(row.avgk.format(), self.best(row, "avgk")),
-                        str(len(row.runs)), str(row.n_prompts)]
+        cells += [mark(row.top1.format(), self.best(row, "top1")), mark(row.avgk.format(), self.best(row, "avgk"))]
+        for _, stat_of in self.judge_columns:
+            stat = stat_of(row)
+            cells.append("–" if stat is None else mark(stat.format(), self.best(row, stat_of)))
+        for name in self.judges_failing:
+            failures = row.judge_count(name, "failures")
+            cells.append("–" if failures is None else f"{failures}/{row.judge_count(name, 'judged')}")
+        return cells + [str(len(row.runs)), str(row.n_prompts)]
 
     def markdown(self) -> str:
         head = self._columns()
@@ -179,6 +226,9 @@ class Table:
         lines += ["| " + " | ".join(self._cells(row, lambda s, b: f"**{s}**" if b else s)) + " |"
                   for row in self.rows]
         lines += ["", "Mean ± SEM over seeds of the per-prompt mean; **bold**: best of its benchmark in that column."]
+        if self.judges:
+            lines += ["Judge columns score the Top@1 response (Avg@K: all K) and leave out responses the judge "
+                      "failed on (`failed`: failed / judged, summed over seeds)."]
         return "\n".join(lines) + "\n"
 
     def console(self) -> str:
@@ -186,7 +236,7 @@ class Table:
         head = self._columns()
         body = [self._cells(row, lambda s, b: s + (" *" if b else "  ")) for row in self.rows]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        numeric = {len(head) - 4, len(head) - 3, len(head) - 2, len(head) - 1}
+        numeric = set(range(head.index("Top@1"), len(head)))
         def fmt(cells):
             return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
                              for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
@@ -196,6 +246,9 @@ class Table:
         fields = ["benchmark", "method", "reward_model", "M", "settings", "top1_mean", "top1_sem", "top1_best",
                   "avgk_mean", "avgk_sem", "avgk_best", "num_samples", "n_seeds", "seeds", "n_prompts",
                   "wall_seconds_mean", "run_dirs"]
+        judge_fields = [f"{name}_{field}" for name in self.judges for field in
+                        ("top1_mean", "top1_sem", "avgk_mean", "avgk_sem", "failures", "judged", "n_seeds")]
+        fields[fields.index("num_samples"):fields.index("num_samples")] = judge_fields
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
@@ -211,7 +264,22 @@ class Table:
                     "wall_seconds_mean": repr(statistics.fmean(r.summary.get("wall_seconds", math.nan)
                                                                for r in row.runs)),
                     "run_dirs": " ".join(str(p) for r in row.runs for p in r.paths),
+                    **{key: value for name in self.judges for key, value in _judge_csv(row, name).items()},
                 })
+
+
+def _judge_csv(row: Row, name: str) -> dict[str, Any]:
+    """A judge's CSV fields for one row (empty where it scored no seed of the row)."""
+    out: dict[str, Any] = {}
+    for field in ("top1", "avgk"):
+        stat = row.judge(name, f"{field}_mean")
+        out[f"{name}_{field}_mean"] = "" if stat is None else repr(stat.mean)
+        out[f"{name}_{field}_sem"] = "" if stat is None or stat.sem is None else repr(stat.sem)
+    for field in ("failures", "judged"):
+        count = row.judge_count(name, field)
+        out[f"{name}_{field}"] = "" if count is None else count
+    out[f"{name}_n_seeds"] = len(row.judged(name))
+    return out
 
 
 def _describe(run: Run) -> str:
@@ -258,4 +326,10 @@ def build_rows(runs: list[Run]) -> Table:
             _check_one_slice(row)
             rows.append(row)
     rows.sort(key=Row.sort_key)
+    for row in rows:
+        for name in sorted({name for run in row.runs for name in run.judge_scores}):
+            missing = [str(run.path) for run in row.runs if name not in run.judge_scores]
+            if missing:  # its column averages fewer seeds than the others
+                notes.append(f"{row.benchmark} / {row.method}: judge {name} has not scored {', '.join(missing)}")
+        notes += [note for run in row.runs for note in run.notes]  # shards a judge has not scored
     return Table(rows, notes)

@@ -1,0 +1,149 @@
+"""LMUnit: an LLM judge that scores a response against natural-language unit tests (SPEC §5).
+
+The paper scores the Top@1 response with ContextualAI/LMUnit-qwen2.5-72b on five generic
+unit tests. For each (query, response, unit test) the judge reads
+
+    Query: <query>\n\nResponse: <response>\n\nUnit Test: <unit test>
+
+as the user turn of its chat template and answers greedily with JSON such as `{"score": 4}`.
+The score is not the digit it wrote but the probability-weighted mean of the score digits
+1–5 at that position, read from the token's top log-probabilities (LMUnit's continuous
+1–5 scale). A response's LMUnit score is the mean over the unit tests; if the judge's answer
+to any of them cannot be parsed (no score token, no probability on any digit) the response
+is a failure, since a mean over a different subset of tests is not comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from entrgi.checkpoints import resolve_checkpoint
+from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
+from entrgi.evaluators.greedy import GreedyOutput, open_backend
+from entrgi.validation import one_of, ranged
+
+# The paper's five generic unit tests (SPEC §5), worded as in the authors' evaluation script.
+UNIT_TESTS = (
+    "Does the response directly and effectively address the user's request?",
+    "Is the information in the response correct and reliable?",
+    "Is the response well-structured, clear, and fluent?",
+    "Does the response appropriately address the full scope of the question?",
+    "Is the response free from harmful, biased, or inappropriate content?",
+)
+SCORE_KEY = "score"
+
+
+@dataclass
+class LMUnitConfig(EvaluatorConfig):
+    """The `evaluator=lmunit` options (the judge model and how it is served)."""
+
+    _target_: str = "entrgi.evaluators.lmunit.LMUnitJudge"
+    name: str = "lmunit"
+    path: str = "ContextualAI/LMUnit-qwen2.5-72b"
+    unit_tests: list[str] = field(default_factory=lambda: list(UNIT_TESTS))
+    score_digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    # auto: vLLM when installed and a GPU is visible, else transformers.
+    backend: str = one_of("auto", "auto", "vllm", "transformers")
+    max_new_tokens: int = ranged(10, low=1)  # `{"score": 4}` fits in fewer
+    top_logprobs: int = ranged(20, low=1)  # vLLM's default cap on returned log-probs
+    batch_size: int = ranged(16, low=1)  # requests per forward pass (transformers; vLLM batches itself)
+    tensor_parallel_size: int | None = ranged(None, low=1, optional=True)  # vLLM; None: every visible GPU
+    gpu_memory_utilization: float = ranged(0.9, low=0.0, high=1.0, low_open=True)  # vLLM
+    max_model_len: int | None = ranged(None, low=1, optional=True)  # vLLM; None: the model's own
+    device: str = "auto"  # transformers
+    dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+    trust_remote_code: bool = False
+
+
+def unit_test_prompt(query: str, response: str, unit_test: str) -> str:
+    """The user turn LMUnit was trained on."""
+    return f"Query: {query}\n\nResponse: {response}\n\nUnit Test: {unit_test}"
+
+
+def score_position(tokens: Sequence[str]) -> int | None:
+    """Index of the token holding the score: the first number token after the `score` key."""
+    text = "".join(tokens)
+    key = text.find(SCORE_KEY)
+    if key < 0:
+        return None
+    start = 0
+    for i, token in enumerate(tokens):
+        if start >= key + len(SCORE_KEY) and token.strip().isdigit():
+            return i
+        start += len(token)
+    return None
+
+
+def digit_score(top_logprobs: Iterable[tuple[str, float]], digits: Sequence[int]) -> float | None:
+    """Σ_d p(d)·d / Σ_d p(d) over the score digits among the top tokens (surrounding spaces ignored,
+    so `4` and ` 4` both count for 4); None when no digit has any probability there."""
+    values = {str(d): float(d) for d in digits}
+    mass = weighted = 0.0
+    for token, logprob in top_logprobs:
+        value = values.get(token.strip())
+        if value is not None and math.isfinite(logprob):
+            p = math.exp(logprob)
+            mass += p
+            weighted += p * value
+    return weighted / mass if mass > 0 else None
+
+
+def parse_score(output: GreedyOutput, digits: Sequence[int]) -> float | None:
+    """The judge's score for one unit test, or None when its answer cannot be parsed."""
+    position = score_position(output.tokens)
+    if position is None or position >= len(output.top_logprobs):
+        return None
+    return digit_score(output.top_logprobs[position], digits)
+
+
+def combine(scores: Sequence[float | None]) -> float | None:
+    """A response's score: the mean over its unit tests, None if any of them failed."""
+    if not scores or any(s is None for s in scores):
+        return None
+    return sum(scores) / len(scores)
+
+
+class LMUnitJudge(Evaluator):
+    """Every response × every unit test as one greedy request, all batched through one backend."""
+
+    def __init__(self, name: str = "lmunit", responses: str = "top1", path: str = LMUnitConfig.path,
+                 unit_tests: Sequence[str] = UNIT_TESTS, score_digits: Sequence[int] = (1, 2, 3, 4, 5),
+                 backend: str = "auto", max_new_tokens: int = 10, top_logprobs: int = 20, **backend_settings):
+        """
+        Args:
+            path: Hub id or local folder of the judge (a causal LM with a chat template).
+            unit_tests: the natural-language tests each response is scored on.
+            score_digits: the digit tokens that make up the score scale.
+            backend: `vllm`, `transformers` or `auto`; `backend_settings` go to it
+                (batch_size, tensor_parallel_size, device, dtype, trust_remote_code, …).
+            max_new_tokens: the answer's length limit; top_logprobs: how many log-probs per token.
+        """
+        super().__init__(name, responses)
+        if not unit_tests:
+            raise ValueError(f"evaluator {name}: unit_tests is empty")
+        self.unit_tests, self.digits = list(unit_tests), list(score_digits)
+        folder = resolve_checkpoint(path, f"evaluator.{name}.path")
+        self.backend = open_backend(backend, folder, max_new_tokens=max_new_tokens, top_logprobs=top_logprobs,
+                                    **backend_settings)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
+        conversations = [
+            [{"role": "user", "content": unit_test_prompt(prompt, response, test)}]
+            for prompt, response in zip(prompts, responses, strict=True) for test in self.unit_tests
+        ]
+        outputs = self.backend.generate(conversations)
+        n = len(self.unit_tests)
+        judgements = []
+        for i in range(len(responses)):
+            answers = outputs[i * n : (i + 1) * n]
+            scores = [parse_score(answer, self.digits) for answer in answers]
+            details = {"unit_tests": scores}
+            if None in scores:  # what the judge said where it failed, to see why
+                details["unparsed"] = [a.text for a, s in zip(answers, scores, strict=True) if s is None]
+            judgements.append(Judgement(combine(scores), details))
+        return judgements
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,40 @@
+"""A held-out reward model as a judge: guide with one RM, score the results with another.
+
+Any option of the `reward` group can serve (e.g. guide with Skywork-Qwen3-1.7B, judge with
+Skywork-Qwen3-8B). It scores the decoded text through the RM's chat template, batched
+(`RewardModel.score_texts`, `reward.batch_size` conversations per pass), exactly as the run's
+own Top@1 is scored, so the two numbers differ only by the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement, release_memory
+from entrgi.rewards import RewardModel, RewardModelConfig
+
+
+@dataclass
+class HeldOutRewardConfig(EvaluatorConfig):
+    """The `evaluator=reward` options: `model` is a `reward` group option (default Skywork 8B)."""
+
+    _target_: str = "entrgi.evaluators.reward.HeldOutReward"
+    model: RewardModelConfig = field(default_factory=RewardModelConfig)
+
+
+class HeldOutReward(Evaluator):
+    """Scores each (prompt, response) with a frozen sequence classifier; a non-finite score is a failure."""
+
+    def __init__(self, name: str, model: RewardModel, responses: str = "top1"):
+        super().__init__(name, responses)
+        self.model = model
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
+        scores = self.model.score_texts(list(prompts), list(responses)).tolist()
+        return [Judgement(s if math.isfinite(s) else None) for s in scores]
+
+    def close(self) -> None:
+        del self.model
+        release_memory()
