@@ -31,7 +31,7 @@ from entrgi.formats import (
 
 VERSION = "tiny-world-v3"
 
-# Network sizes: `tiny` for tests and the quick start, `mid` for performance measurements
+# Network sizes: `tiny` for format and plumbing tests, `mid` for performance measurements
 # where model compute is not negligible next to Python overhead.
 SIZES = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},

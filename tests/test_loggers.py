@@ -114,7 +114,8 @@ def test_offline_run_holds_steps_summary_table_and_figures(compose, offline_wand
             final.update(r["summary"]["update"])
     for key in ("top1_mean", "avgk_mean", "wall_seconds", "E_mean", "n_prompts"):
         assert final[key] == pytest.approx(summary[key])
-    assert final["samples.nrows"] == 3 and final["samples.ncols"] == 6 + 2
+    # six fixed columns, K = 2 rewards, and the oracle's score (experiment=tiny judges with it)
+    assert final["samples.nrows"] == 3 and final["samples.ncols"] == 6 + 2 + 1
     assert {"figures/steps_entropy_error.path", "figures/heatmap_entropy_error.path",
             "figures/reward_curves.path"} <= set(final)
     (offline,) = (out / "wandb").glob("offline-run-*")

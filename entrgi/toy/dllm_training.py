@@ -2,9 +2,9 @@
 
 Each example is a chat-templated prompt followed by a response region of L tokens: the
 response, then EOS up to L (Dream's SFT padding, which is how a dLLM learns where to
-stop). A noise level t ~ U(0, 1] per example masks each response token with probability
-t; the loss is the cross-entropy at the masked positions weighted by 1/t (the masked
-diffusion ELBO), divided by L. The prompt is never masked. Logits come from
+stop). A noise level t ~ U(0, 1] per example (clamped at 1e-3) masks each response token
+with probability t; the loss is the cross-entropy at the masked positions weighted by 1/t
+(the masked diffusion ELBO), divided by L. The prompt is never masked. Logits come from
 `DiffusionLM.differentiable_logits`, so the logit shift (position i predicts token i+1),
 the bidirectional mask and the positions are exactly those used at sampling time.
 """

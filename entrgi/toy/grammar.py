@@ -37,6 +37,7 @@ IMPLAUSIBLE = {
 
 
 def plausible(animal: str, action: str) -> bool:
+    """Whether the animal can do the action (the coherence check of the oracle)."""
     return action not in IMPLAUSIBLE[animal]
 
 
@@ -170,10 +171,8 @@ def sample_request(rng: random.Random) -> Request:
     template = rng.choice(list(PROMPT_TEMPLATES))
     wording, fields = PROMPT_TEMPLATES[template]
     values = {field: rng.choice(LEXICON[field]) for field in fields}
-    if "action" in values:
-        animals = [a for a in ANIMALS if plausible(a, values["action"])]
-        values["animal"] = rng.choice(animals) if "animal" in fields else None
-        values = {k: v for k, v in values.items() if v is not None}
+    if "animal" in values and "action" in values:  # nobody asks for a singing bear
+        values["animal"] = rng.choice([a for a in ANIMALS if plausible(a, values["action"])])
     preposition = rng.choice(PREPOSITIONS) if "{preposition}" in wording else Request.preposition
     return Request(template=template, preposition=preposition, **values)
 
