@@ -108,7 +108,8 @@ def test_batch_size_does_not_change_the_results(compose, tmp_path):
 def test_cli_tiny_run_prints_top1_and_avgk(tmp_path):
     """`python -m entrgi.run experiment=tiny` (default W&B logger, disabled) finishes and reports."""
     out = tmp_path / "job"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    # One thread: beside other jobs, two threads that wait on each other can run many times slower.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "entrgi.run", "experiment=tiny", f"hydra.run.dir={out}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
