@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -97,27 +98,38 @@ def default_root() -> Path:
     return Path(os.environ.get("ENTRGI_CACHE", Path.home() / ".cache" / "entrgi"))
 
 
+def build_once(target: Path, lock: Path, build: Callable[[Path], None]) -> None:
+    """Run `build(staging)` and move the result to `target` once per machine, safe under concurrent jobs.
+
+    The folder is built beside `target` and renamed into place with a `complete` marker, so a
+    reader never sees a half-built world; a leftover of an interrupted build is replaced.
+    """
+    if (target / "complete").is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        if (target / "complete").is_file():
+            return
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+        staging.chmod(0o755)
+        build(staging)
+        (staging / "complete").write_text(f"{VERSION} {target.name}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+
+
 def ensure_tiny_world(size: str = "tiny", root: Path | None = None) -> dict[str, Path]:
     """Folders of the dLLMs and RM of one size, building them once (safe under concurrent jobs)."""
     if size not in SIZES:
         raise ValueError(f"tiny world size {size!r} is not one of {', '.join(SIZES)}")
-    root = Path(root or default_root())
-    target = root / VERSION / size
-    paths = {"dllm": target / "dream", "llada": target / "llada", "reward": target / "skywork"}
-    if (target / "complete").is_file():
-        return paths
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f"{size}.lock")):
-        if (target / "complete").is_file():
-            return paths
-        staging = Path(tempfile.mkdtemp(prefix=f"{size}.", dir=target.parent))
-        staging.chmod(0o755)
+    target = Path(root or default_root()) / VERSION / size
+
+    def build(staging: Path) -> None:
         text = corpus()
         _write_dllm(staging / "dream", text, SIZES[size])
         _write_llada(staging / "llada", text, SIZES[size])
         _write_reward(staging / "skywork", text, SIZES[size])
-        (staging / "complete").write_text(f"{VERSION} {size}\n")
-        if target.exists():  # a half-built leftover from an interrupted build
-            shutil.rmtree(target)
-        staging.rename(target)
-    return paths
+
+    build_once(target, target.parent / f"{size}.lock", build)
+    return {"dllm": target / "dream", "llada": target / "llada", "reward": target / "skywork"}

@@ -112,3 +112,14 @@ def toy_reward():
     from entrgi.toy.world import toy_world_path
 
     return RewardModel(str(toy_world_path("reward")), device="cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny jobs run side by side on few cores: one thread each, or they slow each other down manyfold."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,15 +27,7 @@ from entrgi.tracking import RunDirectory, RunDirectoryBusy, RunDirectoryMismatch
 SMALL = ["experiment=tiny", "logger=none", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny jobs run side by side on few cores: one thread each, or they slow each other down manyfold."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env(**extra: str) -> dict[str, str]:

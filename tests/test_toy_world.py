@@ -34,14 +34,7 @@ from entrgi.toy.oracle import oracle
 from entrgi.toy.reward_data import evaluation_set, sample_responses
 from entrgi.toy.world import PARTS, prompts_path, toy_world_path
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared machine two threads that wait on each other run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- the oracle

@@ -16,16 +16,13 @@ Built into `$ENTRGI_CACHE` (as the tiny world is), once per machine, safely unde
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3ForSequenceClassification
 
 from entrgi.formats import DREAM_CHAT_TEMPLATE, reward_config, reward_tokenizer, save_reward, train_bpe
-from entrgi.tiny_world import SIZES, corpus, default_root
+from entrgi.tiny_world import SIZES, build_once, corpus, default_root
 
 VERSION = "tiny-judges-v1"
 JUDGE_SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4}
@@ -112,20 +109,11 @@ def _write_reward(folder: Path) -> None:
 def ensure_tiny_judges(root: Path | None = None) -> dict[str, Path]:
     """Folders of the tiny judge and the held-out tiny RM, building them once."""
     target = Path(root or default_root()) / VERSION
-    paths = {"judge": target / "judge", "reward": target / "reward"}
-    if (target / "complete").is_file():
-        return paths
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f"{VERSION}.lock")):
-        if (target / "complete").is_file():
-            return paths
-        staging = Path(tempfile.mkdtemp(prefix=f"{VERSION}.", dir=target.parent))
-        staging.chmod(0o755)
+
+    def build(staging: Path) -> None:
         for name, write in (("judge", _write_judge), ("reward", _write_reward)):
             (staging / name).mkdir()
             write(staging / name)
-        (staging / "complete").write_text(f"{VERSION}\n")
-        if target.exists():  # a half-built leftover from an interrupted build
-            shutil.rmtree(target)
-        staging.rename(target)
-    return paths
+
+    build_once(target, target.parent / f"{VERSION}.lock", build)
+    return {"judge": target / "judge", "reward": target / "reward"}
