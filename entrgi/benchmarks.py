@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from entrgi.checkpoints import ResourceUnavailable, hub_reachable
+from entrgi.weights import ResourceUnavailable, hub_reachable
 from entrgi.validation import ConfigError, ranged
 
 log = logging.getLogger(__name__)

@@ -88,10 +88,10 @@ class EvaluateConfig:
     skip_judged: bool = False
 
 
-def _tiny_world_path(part: str, size: str = "tiny") -> str:
-    from entrgi.tiny_world import ensure_tiny_world
+def _random_world_path(part: str, size: str = "tiny") -> str:
+    from entrgi.random_world import ensure_random_world
 
-    return str(ensure_tiny_world(size)[part])
+    return str(ensure_random_world(size)[part])
 
 
 def _toy_world_path(part: str) -> str:
@@ -178,7 +178,7 @@ def register() -> None:
     cs.store(group="schema/evaluator", name="oracle", node=ToyOracleConfig)
     _register_arms(cs)
     # The random worlds (format tests, perf-mid) and the trained toy world (experiment=tiny).
-    OmegaConf.register_new_resolver("entrgi.tiny_world", _tiny_world_path, replace=True)
+    OmegaConf.register_new_resolver("entrgi.random_world", _random_world_path, replace=True)
     OmegaConf.register_new_resolver("entrgi.toy_world", _toy_world_path, replace=True)
     OmegaConf.register_new_resolver("entrgi.data", _data_file, replace=True)
     OmegaConf.register_new_resolver("entrgi.tiny_judge", _tiny_judge_path, replace=True)

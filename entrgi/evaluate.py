@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
-from entrgi.checkpoints import ResourceUnavailable
+from entrgi.weights import ResourceUnavailable
 from entrgi.evaluators.judging import Judged, apply_evaluators, finished_runs
 from entrgi.evaluators.scores import field_key
 from entrgi.loggers import wandb_run_id

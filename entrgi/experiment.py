@@ -1,6 +1,6 @@
 """One job: load the components a config names, generate, score, and write the run directory.
 
-Rerunning a job on its directory resumes it (`entrgi.tracking`): a finished run returns its
+Rerunning a job on its directory resumes it (`entrgi.run_directory`): a finished run returns its
 summary without loading a model; otherwise the prompts already committed to `samples.jsonl`
 are kept and only the others are generated. The summary, the step statistics and the
 entropy/error histogram always cover every prompt of the job, those of earlier attempts
@@ -26,13 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from entrgi.benchmarks import Prompt
-from entrgi.checkpoints import resolve_checkpoint
+from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
 from entrgi.reporting.runs import load_run
 from entrgi.rewards import RewardModel
 from entrgi.sampler import DiffusionSampler
-from entrgi.tracking import Progress, RunDirectory, additive, counts_increment, sum_increments
+from entrgi.run_directory import Progress, RunDirectory, additive, counts_increment, sum_increments
 from entrgi.validation import validate
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Dream-v0 (Qwen2 weights, a remote-code config.json with model type `Dream` and the mask
 id, a slow tokenizer as vocab.json + merges.txt), LLaDA (Llama weights under OLMo-style
 names and config keys) and a Skywork-Reward-V2-style Qwen3 sequence classifier (fast
-tokenizer, Qwen3 chat template). Whatever network is saved here, random (`entrgi.tiny_world`)
+tokenizer, Qwen3 chat template). Whatever network is saved here, random (`entrgi.random_world`)
 or trained (`entrgi.toy`), is read back by the same `from_pretrained` code a 7B checkpoint
 goes through. Each model gets its own byte-level BPE tokenizer, so two vocabularies differ
 as Dream's and Qwen3's do and the vocabulary bridge is exercised for real.

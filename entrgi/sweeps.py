@@ -36,7 +36,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from entrgi.reporting.runs import EXECUTION_KEYS, SHARD_KEYS, key_under
-from entrgi.tracking import ERROR, LOCK, SAMPLES, SUMMARY
+from entrgi.run_directory import ERROR, LOCK, SAMPLES, SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class JobFailed(RuntimeError):
 
 
 def _running(job_dir: Path) -> bool:
-    """Is a process holding the job directory's lock (see entrgi.tracking.RunDirectory.lock)?"""
+    """Is a process holding the job directory's lock (see entrgi.run_directory.RunDirectory.lock)?"""
     import fcntl
 
     if not (job_dir / LOCK).is_file():

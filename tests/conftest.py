@@ -1,4 +1,4 @@
-"""Shared fixtures: offline environment, the random tiny world built once per session, the shipped
+"""Shared fixtures: offline environment, the random (untrained) world built once per session, the shipped
 toy world, composed configs."""
 
 from __future__ import annotations
@@ -39,18 +39,18 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def tiny_cache(tmp_path_factory) -> Path:
-    """Build the tiny world into a fresh cache once per test session."""
+def entrgi_cache(tmp_path_factory) -> Path:
+    """Build the random world (and the tiny judges) into a fresh cache once per test session."""
     cache = tmp_path_factory.mktemp("entrgi-cache")
     os.environ["ENTRGI_CACHE"] = str(cache)
     return cache
 
 
 @pytest.fixture(scope="session")
-def tiny_paths(tiny_cache) -> dict[str, Path]:
-    from entrgi.tiny_world import ensure_tiny_world
+def random_paths(entrgi_cache) -> dict[str, Path]:
+    from entrgi.random_world import ensure_random_world
 
-    return ensure_tiny_world()
+    return ensure_random_world()
 
 
 @pytest.fixture(scope="session")
@@ -75,21 +75,21 @@ def compose():
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_paths):
+def random_model(random_paths):
     from entrgi.models import DiffusionLM
 
-    return DiffusionLM(str(tiny_paths["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu")
+    return DiffusionLM(str(random_paths["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu")
 
 
 @pytest.fixture(scope="session")
-def tiny_reward(tiny_paths):
+def random_reward(random_paths):
     from entrgi.rewards import RewardModel
 
-    return RewardModel(str(tiny_paths["reward"]), device="cpu")
+    return RewardModel(str(random_paths["reward"]), device="cpu")
 
 
 @pytest.fixture(scope="session")
-def tiny_judges(tiny_cache) -> dict[str, Path]:
+def tiny_judges(entrgi_cache) -> dict[str, Path]:
     """The offline tiny LMUnit-format judge and the held-out tiny RM (entrgi.evaluators.tiny)."""
     from entrgi.evaluators.tiny import ensure_tiny_judges
 

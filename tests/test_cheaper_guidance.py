@@ -19,8 +19,8 @@ IDS = ["p0", "p1"]
 
 @pytest.mark.parametrize("schedule", [EntropySchedule(steps=5), MaskGitPlusSchedule(steps=3, alg_temp=0.3),
                                       LowConfidenceSchedule(steps=6, block_length=4)])
-def test_planned_counts_match_what_the_sampler_does(tiny_model, schedule):
-    sampler = DiffusionSampler(tiny_model, schedule, NoGuidance(), num_samples=2,
+def test_planned_counts_match_what_the_sampler_does(random_model, schedule):
+    sampler = DiffusionSampler(random_model, schedule, NoGuidance(), num_samples=2,
                                max_new_tokens=12)
     steps = sampler.generate(PROMPTS, IDS, seed=0).steps
     plan = schedule.planned_counts(12)
@@ -38,26 +38,26 @@ def _responses(model, reward, **options):
     return sampler.generate(PROMPTS, IDS, seed=4)
 
 
-def test_focus_covering_every_masked_position_changes_nothing(tiny_model, tiny_reward):
-    full = _responses(tiny_model, tiny_reward)
-    focused = _responses(tiny_model, tiny_reward, focus_margin=8)
+def test_focus_covering_every_masked_position_changes_nothing(random_model, random_reward):
+    full = _responses(random_model, random_reward)
+    focused = _responses(random_model, random_reward, focus_margin=8)
     assert torch.equal(full.responses, focused.responses)
     for a, b in zip(full.steps, focused.steps, strict=True):
         assert a["reward_curve"] == pytest.approx(b["reward_curve"], abs=1e-5)
 
 
-def test_focus_optimises_only_the_positions_about_to_be_committed(tiny_model, tiny_reward):
+def test_focus_optimises_only_the_positions_about_to_be_committed(random_model, random_reward):
     from entrgi.guidance import GuidanceContext
     from entrgi.noise import TrajectoryNoise
 
-    guidance = RewardGradientGuidance(tiny_model, tiny_reward, M=2, eta=3.0, focus_margin=1)
-    sampler = DiffusionSampler(tiny_model, EntropySchedule(steps=4), guidance, num_samples=2, max_new_tokens=8)
-    canvas, attention = sampler.build_canvas([tiny_model.encode_prompt(p) for p in PROMPTS])
+    guidance = RewardGradientGuidance(random_model, random_reward, M=2, eta=3.0, focus_margin=1)
+    sampler = DiffusionSampler(random_model, EntropySchedule(steps=4), guidance, num_samples=2, max_new_tokens=8)
+    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in PROMPTS])
     start = canvas.shape[1] - 8
-    logits = tiny_model.logits(canvas, attention, start)
+    logits = random_model.logits(canvas, attention, start)
     response = canvas[:, start:]
     guidance.begin_batch(PROMPTS, 2, 8)
-    context = GuidanceContext(0, response, response == tiny_model.mask_token_id,
+    context = GuidanceContext(0, response, response == random_model.mask_token_id,
                               TrajectoryNoise.for_prompts(0, IDS, 2), sampler.plan[0])
     steered = guidance.steer(logits, context)
     changed = (steered.logits != logits).any(-1)

@@ -204,7 +204,7 @@ def test_tiny_judge_scores_equal_a_hand_computation(tiny_judges):
 
 
 def _finished_run(path: Path, responses: list[list[str]], best: list[int], first: int = 0, **settings) -> Path:
-    """A finished run directory (entrgi.tracking's layout) holding the given responses (prompts p<first>, …)."""
+    """A finished run directory (entrgi.run_directory's layout) holding the given responses (prompts p<first>, …)."""
     ids = tuple(f"p{first + i}" for i in range(len(responses)))
     write_run(path, prompt_ids=ids, **settings)
     with open(path / "samples.jsonl", "w") as f:
@@ -303,7 +303,7 @@ def test_bad_input_is_refused_before_any_judge_loads(tmp_path, tiny_judges):
                             "evaluator.tiny-judge.name=x"])
     with pytest.raises(ConfigError, match="used by two evaluators"):
         evaluate(cfg)
-    from entrgi.checkpoints import WeightsUnavailable
+    from entrgi.weights import WeightsUnavailable
 
     with pytest.raises(WeightsUnavailable, match="evaluator.lmunit.path='ContextualAI/LMUnit-qwen2.5-72b'"):
         evaluate(_evaluate_config([f"runs=['{run}']", "evaluator=[lmunit]"]))  # offline: fails in seconds
@@ -325,7 +325,7 @@ def test_paths_become_a_runs_override(tmp_path, monkeypatch):
 
 # --- after generation, on a finished run, in W&B, from the command line ------------------------------
 
-SMALL = ["experiment=tiny", "model.path=${entrgi.tiny_world:dllm}", "reward.path=${entrgi.tiny_world:reward}",
+SMALL = ["experiment=tiny", "model.path=${entrgi.random_world:dllm}", "reward.path=${entrgi.random_world:reward}",
          "guidance=none", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=2",
          "sampler.num_samples=2", "sampler.batch_size=2"]
 

@@ -1,4 +1,4 @@
-"""Reward-gradient guidance on the tiny world: it optimises, it is deterministic, it is batch-invariant."""
+"""Reward-gradient guidance on the random world: it optimises, it is deterministic, it is batch-invariant."""
 
 from __future__ import annotations
 
@@ -19,35 +19,35 @@ def _sampler(model, reward, rule="entrgi", steps=4, length=6, **options):
 
 
 @pytest.mark.parametrize("rule", ["soft", "aps", "entrgi"])
-def test_relaxed_reward_rises_over_adam_iterations(tiny_model, tiny_reward, rule):
+def test_relaxed_reward_rises_over_adam_iterations(random_model, random_reward, rule):
     """Averaged over steps, the last iteration's relaxed reward beats the first (the optimiser works)."""
-    sampler = _sampler(tiny_model, tiny_reward, rule=rule, M=4, eta=2.0)
+    sampler = _sampler(random_model, random_reward, rule=rule, M=4, eta=2.0)
     steps = sampler.generate(PROMPTS, IDS, seed=3).steps
     gains = [row["reward_curve"][-1] - row["reward_curve"][0] for row in steps]
     assert len(steps[0]["reward_curve"]) == 4
     assert sum(gains) / len(gains) > 0
 
 
-def test_step_statistics_follow_the_rule(tiny_model, tiny_reward):
+def test_step_statistics_follow_the_rule(random_model, random_reward):
     """APS: D = 0, w = 1; soft: E = 0, w = 0; EntRGi: 0 < w < 1 and E, D > 0."""
-    stats = {r: _sampler(tiny_model, tiny_reward, rule=r).generate(PROMPTS[:1], IDS[:1], seed=0).steps[0]
+    stats = {r: _sampler(random_model, random_reward, rule=r).generate(PROMPTS[:1], IDS[:1], seed=0).steps[0]
              for r in ("soft", "aps", "entrgi")}
     assert stats["aps"]["D_mean"] == 0 and stats["aps"]["w_mean"] == 1 and stats["aps"]["E_mean"] > 0
     assert stats["soft"]["E_mean"] == 0 and stats["soft"]["w_mean"] == 0 and stats["soft"]["D_mean"] > 0
     assert 0 < stats["entrgi"]["w_mean"] < 1 and stats["entrgi"]["E_mean"] > 0 and stats["entrgi"]["D_mean"] > 0
     for row in stats.values():
-        assert 0 < row["entropy_mean"] <= torch.log(torch.tensor(float(tiny_model.vocab_size))).item() + 1e-5
+        assert 0 < row["entropy_mean"] <= torch.log(torch.tensor(float(random_model.vocab_size))).item() + 1e-5
 
 
-def test_guidance_changes_the_samples(tiny_model, tiny_reward):
-    plain = _sampler(tiny_model, tiny_reward, rule=None).generate(PROMPTS, IDS, seed=1).responses
-    guided = _sampler(tiny_model, tiny_reward, M=3, eta=5.0).generate(PROMPTS, IDS, seed=1).responses
+def test_guidance_changes_the_samples(random_model, random_reward):
+    plain = _sampler(random_model, random_reward, rule=None).generate(PROMPTS, IDS, seed=1).responses
+    guided = _sampler(random_model, random_reward, M=3, eta=5.0).generate(PROMPTS, IDS, seed=1).responses
     assert not torch.equal(plain, guided)
 
 
-def test_same_seed_same_output_and_batch_invariance(tiny_model, tiny_reward):
+def test_same_seed_same_output_and_batch_invariance(random_model, random_reward):
     """Guided samples of a prompt are the same run to run and whether it is batched alone or with others."""
-    sampler = _sampler(tiny_model, tiny_reward)
+    sampler = _sampler(random_model, random_reward)
     batched = sampler.generate(PROMPTS, IDS, seed=7).responses
     assert torch.equal(batched, sampler.generate(PROMPTS, IDS, seed=7).responses)
     for i in range(len(PROMPTS)):
@@ -55,14 +55,14 @@ def test_same_seed_same_output_and_batch_invariance(tiny_model, tiny_reward):
         assert torch.equal(alone, batched[2 * i : 2 * i + 2])
 
 
-def test_every_kth_step_is_guided(tiny_model, tiny_reward):
-    steps = _sampler(tiny_model, tiny_reward, steps=5, every=2).generate(PROMPTS[:1], IDS[:1], seed=0).steps
+def test_every_kth_step_is_guided(random_model, random_reward):
+    steps = _sampler(random_model, random_reward, steps=5, every=2).generate(PROMPTS[:1], IDS[:1], seed=0).steps
     assert ["reward_curve" in row for row in steps] == [True, False, True, False, True]
 
 
-def test_rm_sees_the_response_up_to_the_first_eos(tiny_model, tiny_reward):
-    guidance = RewardGradientGuidance(tiny_model, tiny_reward)
-    eos, mask = tiny_model.eos_token_id, tiny_model.mask_token_id
+def test_rm_sees_the_response_up_to_the_first_eos(random_model, random_reward):
+    guidance = RewardGradientGuidance(random_model, random_reward)
+    eos, mask = random_model.eos_token_id, random_model.mask_token_id
     response = torch.tensor([[5, mask, 7, eos, 9], [5, 6, mask, mask, 8]])
     masked = response == mask
     proposal = torch.tensor([[0, eos, 0, 0, 0], [0, 0, 3, 4, 0]])
@@ -90,12 +90,12 @@ def _one_guided_step(model, reward, monkeypatch=None, **options):
     return logits, guidance.steer(logits, context), [x.detach() for x in scores]
 
 
-def test_keep_best_returns_the_best_scored_iterate(tiny_model, tiny_reward, monkeypatch):
+def test_keep_best_returns_the_best_scored_iterate(random_model, random_reward, monkeypatch):
     """`last` returns the final update; `best` the iterate (phi_0 … phi_M, the last scored once more)
     with the highest relaxed RM score, per row."""
-    logits, one_last, _ = _one_guided_step(tiny_model, tiny_reward, M=1, eta=5.0, keep="last")
+    logits, one_last, _ = _one_guided_step(random_model, random_reward, M=1, eta=5.0, keep="last")
     assert not torch.equal(one_last.logits, logits)
-    _, one_best, scores = _one_guided_step(tiny_model, tiny_reward, monkeypatch, M=1, eta=5.0, keep="best")
+    _, one_best, scores = _one_guided_step(random_model, random_reward, monkeypatch, M=1, eta=5.0, keep="best")
     assert len(scores) == 2  # phi_0 with gradient, phi_1 without
     for row in range(2):
         expected = one_last.logits[row] if scores[1][row] > scores[0][row] else logits[row]

@@ -51,12 +51,12 @@ def test_the_guard_catches_a_host_read():
 
 @pytest.mark.parametrize("rule", [None, "soft", "aps", "entrgi"])
 @pytest.mark.parametrize("schedule", [EntropySchedule, MaskGitPlusSchedule, OriginSchedule, LowConfidenceSchedule])
-def test_denoise_reads_nothing_back(tiny_model, tiny_reward, rule, schedule):
-    guidance = RewardGradientGuidance(tiny_model, tiny_reward, rule=rule, keep="best") if rule else NoGuidance()
+def test_denoise_reads_nothing_back(random_model, random_reward, rule, schedule):
+    guidance = RewardGradientGuidance(random_model, random_reward, rule=rule, keep="best") if rule else NoGuidance()
     options = {"block_length": 3} if schedule is LowConfidenceSchedule else {"alg_temp": 0.5}
-    sampler = DiffusionSampler(tiny_model, schedule(steps=4, **options), guidance, num_samples=2, max_new_tokens=6)
+    sampler = DiffusionSampler(random_model, schedule(steps=4, **options), guidance, num_samples=2, max_new_tokens=6)
     prompts = ["Describe the cat.", "Why is the old robot happy?"]
-    canvas, attention = sampler.build_canvas([tiny_model.encode_prompt(p) for p in prompts])
+    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
     guidance.begin_batch(prompts, 2, 6)
     noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2)
     with host_reads_forbidden():

@@ -13,7 +13,7 @@ import pytest
 
 from entrgi.experiment import run_experiment
 from entrgi.loggers import NullLogger, WandbLogger, sample_table_row, step_metrics
-from entrgi.tracking import RunDirectory
+from entrgi.run_directory import RunDirectory
 
 SMALL = ["experiment=tiny", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=3",
          "sampler.batch_size=2", "sampler.num_samples=2"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from entrgi.checkpoints import WeightsUnavailable, resolve_checkpoint
+from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 from entrgi.models import DiffusionLM
-from entrgi.tiny_world import ensure_tiny_world
+from entrgi.random_world import ensure_random_world
 
 PROMPT = "Describe the small cat."
 
@@ -19,112 +19,112 @@ def _canvas(model: DiffusionLM, prompt: str = PROMPT, n_masks: int = 6) -> torch
     return torch.tensor([model.encode_prompt(prompt) + [model.mask_token_id] * n_masks])
 
 
-# ----------------------------------------------------------------------------- the tiny world
+# ----------------------------------------------------------------------------- the random world
 
 
-def test_tiny_dllm_is_in_dream_format(tiny_paths):
+def test_random_dllm_is_in_dream_format(random_paths):
     """config.json as Dream ships it: remote-code model_type, auto_map and the mask id."""
-    raw = json.loads((tiny_paths["dllm"] / "config.json").read_text())
+    raw = json.loads((random_paths["dllm"] / "config.json").read_text())
     assert raw["model_type"] == "Dream"
     assert "AutoModel" in raw["auto_map"]
     assert isinstance(raw["mask_token_id"], int)
 
 
-def test_mask_and_special_ids_come_from_the_checkpoint(tiny_model, tiny_paths):
-    raw = json.loads((tiny_paths["dllm"] / "config.json").read_text())
-    tok = tiny_model.tokenizer
-    assert tiny_model.mask_token_id == raw["mask_token_id"] == tok.convert_tokens_to_ids("<|mask|>")
-    assert tiny_model.eos_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
-    assert tiny_model.pad_token_id == tiny_model.eos_token_id  # pad = eos, as in Dream
-    assert tiny_model.vocab_size == len(tok)
+def test_mask_and_special_ids_come_from_the_checkpoint(random_model, random_paths):
+    raw = json.loads((random_paths["dllm"] / "config.json").read_text())
+    tok = random_model.tokenizer
+    assert random_model.mask_token_id == raw["mask_token_id"] == tok.convert_tokens_to_ids("<|mask|>")
+    assert random_model.eos_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
+    assert random_model.pad_token_id == random_model.eos_token_id  # pad = eos, as in Dream
+    assert random_model.vocab_size == len(tok)
 
 
-def test_the_two_tiny_vocabularies_differ(tiny_model, tiny_reward):
+def test_the_two_random_vocabularies_differ(random_model, random_reward):
     """The dLLM and the RM have their own tokenizers, as Dream and Qwen3 do."""
-    dllm_vocab, rm_vocab = tiny_model.tokenizer.get_vocab(), tiny_reward.tokenizer.get_vocab()
+    dllm_vocab, rm_vocab = random_model.tokenizer.get_vocab(), random_reward.tokenizer.get_vocab()
     assert len(dllm_vocab) != len(rm_vocab)
     shared = set(dllm_vocab) & set(rm_vocab)
     assert any(dllm_vocab[t] != rm_vocab[t] for t in shared)
 
 
-def test_tiny_world_build_is_deterministic(tiny_paths, tmp_path):
-    """A fresh build writes byte-identical files, so every machine has the same tiny models."""
-    fresh = ensure_tiny_world(root=tmp_path)
+def test_random_world_build_is_deterministic(random_paths, tmp_path):
+    """A fresh build writes byte-identical files, so every machine has the same random models."""
+    fresh = ensure_random_world(root=tmp_path)
     for part in ("dllm", "reward"):
-        names = sorted(p.name for p in tiny_paths[part].iterdir())
+        names = sorted(p.name for p in random_paths[part].iterdir())
         assert names == sorted(p.name for p in fresh[part].iterdir())
         for name in names:
-            assert (fresh[part] / name).read_bytes() == (tiny_paths[part] / name).read_bytes(), f"{part}/{name}"
+            assert (fresh[part] / name).read_bytes() == (random_paths[part] / name).read_bytes(), f"{part}/{name}"
 
 
-def test_prompt_uses_the_chat_template(tiny_model):
-    text = tiny_model.tokenizer.decode(tiny_model.encode_prompt("Hi there"))
+def test_prompt_uses_the_chat_template(random_model):
+    text = random_model.tokenizer.decode(random_model.encode_prompt("Hi there"))
     assert text == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
-def test_decode_stops_at_the_first_stop_token(tiny_model):
-    tok = tiny_model.tokenizer
+def test_decode_stops_at_the_first_stop_token(random_model):
+    tok = random_model.tokenizer
     before = tok("The cat sees the dog.", add_special_tokens=False)["input_ids"]
     after = tok(" It is warm.", add_special_tokens=False)["input_ids"]
-    ids = before + [tiny_model.eos_token_id] + after + [tiny_model.mask_token_id]
-    assert tiny_model.decode(ids) == "The cat sees the dog."
-    assert tiny_model.decode(before) == "The cat sees the dog."
+    ids = before + [random_model.eos_token_id] + after + [random_model.mask_token_id]
+    assert random_model.decode(ids) == "The cat sees the dog."
+    assert random_model.decode(before) == "The cat sees the dog."
 
 
 # ----------------------------------------------------------------------------- logits
 
 
-def test_logits_shape_and_dtype(tiny_model):
-    canvas = _canvas(tiny_model)
+def test_logits_shape_and_dtype(random_model):
+    canvas = _canvas(random_model)
     start = canvas.shape[1] - 6
-    logits = tiny_model.logits(canvas, torch.ones_like(canvas, dtype=torch.bool), start)
-    assert logits.shape == (1, 6, tiny_model.vocab_size)
+    logits = random_model.logits(canvas, torch.ones_like(canvas, dtype=torch.bool), start)
+    assert logits.shape == (1, 6, random_model.vocab_size)
     assert logits.dtype == torch.float32
 
 
-def test_logits_are_shifted_by_one_against_the_raw_backbone(tiny_model):
+def test_logits_are_shifted_by_one_against_the_raw_backbone(random_model):
     """Dream: position j's logits are the backbone's output at j − 1; position 0 keeps its own."""
-    canvas = _canvas(tiny_model)
+    canvas = _canvas(random_model)
     full = torch.ones_like(canvas, dtype=torch.bool)
     # The backbone run directly, bidirectional (no mask + is_causal off = full attention).
-    raw = tiny_model.network(input_ids=canvas, attention_mask={"full_attention": None}).logits.float()
-    shifted = tiny_model.logits(canvas, full, 0)
+    raw = random_model.network(input_ids=canvas, attention_mask={"full_attention": None}).logits.float()
+    shifted = random_model.logits(canvas, full, 0)
     torch.testing.assert_close(shifted[:, 1:], raw[:, :-1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shifted[:, 0], raw[:, 0], atol=1e-5, rtol=1e-5)
     start = canvas.shape[1] - 6
-    torch.testing.assert_close(tiny_model.logits(canvas, full, start), raw[:, start - 1 : -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(random_model.logits(canvas, full, start), raw[:, start - 1 : -1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(shifted[:, 1:], raw[:, 1:], atol=1e-3)  # the shift is not a no-op
 
 
-def test_attention_is_bidirectional(tiny_model):
+def test_attention_is_bidirectional(random_model):
     """Changing the last canvas token changes the logits of the first response position."""
-    canvas = _canvas(tiny_model)
+    canvas = _canvas(random_model)
     full = torch.ones_like(canvas, dtype=torch.bool)
     start = canvas.shape[1] - 6
     edited = canvas.clone()
-    edited[0, -1] = tiny_model.tokenizer.convert_tokens_to_ids("<|im_start|>")
-    before, after = tiny_model.logits(canvas, full, start), tiny_model.logits(edited, full, start)
+    edited[0, -1] = random_model.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    before, after = random_model.logits(canvas, full, start), random_model.logits(edited, full, start)
     assert (before[0, 0] - after[0, 0]).abs().max() > 1e-4
 
 
-def test_left_padding_with_the_key_mask_does_not_change_logits(tiny_model):
+def test_left_padding_with_the_key_mask_does_not_change_logits(random_model):
     """A prompt alone and left-padded next to a longer prompt gets the same logits."""
-    short = tiny_model.encode_prompt("Hi")
-    long = tiny_model.encode_prompt("Tell me a short story about a quiet garden, please.")
-    masks = [tiny_model.mask_token_id] * 5
+    short = random_model.encode_prompt("Hi")
+    long = random_model.encode_prompt("Tell me a short story about a quiet garden, please.")
+    masks = [random_model.mask_token_id] * 5
     pad = len(long) - len(short)
     assert pad > 0
-    batch = torch.tensor([[tiny_model.pad_token_id] * pad + short + masks, long + masks])
+    batch = torch.tensor([[random_model.pad_token_id] * pad + short + masks, long + masks])
     keep = torch.tensor([[False] * pad + [True] * (len(short) + 5), [True] * (len(long) + 5)])
     alone = torch.tensor([short + masks])
-    padded_logits = tiny_model.logits(batch, keep, pad + 1)[0]  # from the 2nd real token on
-    alone_logits = tiny_model.logits(alone, torch.ones_like(alone, dtype=torch.bool), 1)[0]
+    padded_logits = random_model.logits(batch, keep, pad + 1)[0]  # from the 2nd real token on
+    alone_logits = random_model.logits(alone, torch.ones_like(alone, dtype=torch.bool), 1)[0]
     torch.testing.assert_close(padded_logits, alone_logits, atol=1e-5, rtol=1e-5)
     # without the key mask the pads leak into the prompt: the test can tell the difference
-    leaky = tiny_model.logits(batch, torch.ones_like(keep), pad + 1)[0]
+    leaky = random_model.logits(batch, torch.ones_like(keep), pad + 1)[0]
     assert not torch.allclose(leaky, alone_logits, atol=1e-4)
 
 

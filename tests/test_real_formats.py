@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from entrgi.checkpoints import WeightsUnavailable, resolve_checkpoint
+from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 from entrgi.experiment import run_experiment
 from entrgi.schedule import LowConfidenceSchedule
 from entrgi.validation import ConfigError, validate
@@ -45,22 +45,22 @@ def test_paper_settings_resolve(compose):
     assert (llada.mask_token_id, llada.eos_token_id, llada.logit_shift) == (126336, 126081, False)
 
 
-def test_llada_checkpoint_is_in_llada_format(tiny_paths):
+def test_llada_checkpoint_is_in_llada_format(random_paths):
     from safetensors.torch import load_file
 
-    folder = tiny_paths["llada"]
+    folder = random_paths["llada"]
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "llada" and {"d_model", "n_layers", "mlp_hidden_size"} <= config.keys()
     names = load_file(folder / "model.safetensors").keys()
     assert "model.transformer.wte.weight" in names and "model.transformer.blocks.0.attn_out.weight" in names
 
 
-def test_llada_logits_equal_a_bidirectional_llama_forward(compose, tiny_paths):
+def test_llada_logits_equal_a_bidirectional_llama_forward(compose, random_paths):
     """Renamed weights land where they belong: our logits == a plain Llama forward with a full mask, no shift."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = instantiate(compose(["model=tiny-llada"]).model)
-    raw = json.loads((tiny_paths["llada"] / "config.json").read_text())
+    model = instantiate(compose(["model=random-llada"]).model)
+    raw = json.loads((random_paths["llada"] / "config.json").read_text())
     llama = LlamaForCausalLM(LlamaConfig(
         vocab_size=raw["vocab_size"], hidden_size=raw["d_model"], intermediate_size=raw["mlp_hidden_size"],
         num_hidden_layers=raw["n_layers"], num_attention_heads=raw["n_heads"], num_key_value_heads=raw["n_kv_heads"],
@@ -78,19 +78,19 @@ def test_llada_logits_equal_a_bidirectional_llama_forward(compose, tiny_paths):
     # And the mapping used every tensor: the checkpoint's weights, not a random init.
     from safetensors.torch import load_file
 
-    stored = load_file(tiny_paths["llada"] / "model.safetensors")
+    stored = load_file(random_paths["llada"] / "model.safetensors")
     assert torch.equal(mapped["lm_head.weight"], stored["model.transformer.ff_out.weight"])
     down = stored["model.transformer.blocks.1.ff_out.weight"]
     assert torch.equal(mapped["model.layers.1.mlp.down_proj.weight"], down)
 
 
 def test_a_checkpoint_that_does_not_fit_the_mapping_is_refused(compose):
-    cfg = compose(["model=tiny-llada"])
+    cfg = compose(["model=random-llada"])
     with pytest.raises(Exception, match="weights unmatched"):  # hydra wraps the ValueError
         instantiate(cfg.model, backbone="Qwen2ForCausalLM")  # Qwen2 has q/k/v biases LLaDA lacks
 
 
-@pytest.mark.parametrize("model,schedule", [("tiny", "entropy"), ("tiny-llada", "low_confidence")])
+@pytest.mark.parametrize("model,schedule", [("tiny", "entropy"), ("random-llada", "low_confidence")])
 def test_guided_job_on_each_model_family(compose, tmp_path, model, schedule):
     cfg = compose(["experiment=tiny", f"model={model}", f"schedule={schedule}", "guidance=entrgi", *SMALL]
                   + (["schedule.block_length=4"] if schedule == "low_confidence" else []))
@@ -156,13 +156,13 @@ def test_real_benchmarks_read_local_copies_with_their_fields(compose, tmp_path, 
     assert prompts[0].category == str(row[category_field])
 
 
-def test_peft_adapter_is_merged_into_the_reward_model(tiny_paths, tmp_path):
+def test_peft_adapter_is_merged_into_the_reward_model(random_paths, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     from entrgi.rewards import RewardModel
 
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_paths["reward"], num_labels=1)
+    base = AutoModelForSequenceClassification.from_pretrained(random_paths["reward"], num_labels=1)
     peft_model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
@@ -170,8 +170,8 @@ def test_peft_adapter_is_merged_into_the_reward_model(tiny_paths, tmp_path):
                 parameter.normal_(std=0.5, generator=torch.Generator().manual_seed(0))
     peft_model.save_pretrained(tmp_path / "adapter")
     prompts, responses = ["Describe the cat."], ["The cat is small."]
-    plain = RewardModel(str(tiny_paths["reward"]), device="cpu").score_texts(prompts, responses)
-    adapted = RewardModel(str(tiny_paths["reward"]), adapter_path=str(tmp_path / "adapter"), device="cpu")
+    plain = RewardModel(str(random_paths["reward"]), device="cpu").score_texts(prompts, responses)
+    adapted = RewardModel(str(random_paths["reward"]), adapter_path=str(tmp_path / "adapter"), device="cpu")
     scores = adapted.score_texts(prompts, responses)
     assert not torch.allclose(scores, plain)
     peft_model.eval()
@@ -181,12 +181,12 @@ def test_peft_adapter_is_merged_into_the_reward_model(tiny_paths, tmp_path):
         torch.testing.assert_close(scores, peft_model(**batch).logits[:, 0], atol=1e-5, rtol=1e-4)
 
 
-def test_gradient_checkpointing_gives_the_same_scores_and_gradients(tiny_paths):
+def test_gradient_checkpointing_gives_the_same_scores_and_gradients(random_paths):
     from entrgi.rewards import RewardModel
 
     results = []
     for checkpointing in (False, True):
-        reward = RewardModel(str(tiny_paths["reward"]), gradient_checkpointing=checkpointing, device="cpu")
+        reward = RewardModel(str(random_paths["reward"]), gradient_checkpointing=checkpointing, device="cpu")
         ids = reward.tokenizer(["The cat is small."], add_special_tokens=False)["input_ids"]
         embeds = reward.embedding_table[torch.tensor(ids)].detach().clone().requires_grad_(True)
         score = reward.score_embeds(reward.layout(["Describe the cat."], 1, len(ids[0])), embeds,
@@ -197,11 +197,11 @@ def test_gradient_checkpointing_gives_the_same_scores_and_gradients(tiny_paths):
     torch.testing.assert_close(results[0][1], results[1][1])
 
 
-def test_qwen3_template_split_matches_the_text_path(tiny_reward):
+def test_qwen3_template_split_matches_the_text_path(random_reward):
     """The think block the template adds before the answer sits in the prefix, so both paths agree."""
-    prefix, suffix = tiny_reward.template_parts("Describe the cat.")
-    rendered = tiny_reward.render("Describe the cat.", "The cat is small.")
-    assert tiny_reward.tokenizer.decode(prefix).endswith("<think>\n\n</think>\n\n")
-    ids = tiny_reward.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    response = tiny_reward.tokenizer("The cat is small.", add_special_tokens=False)["input_ids"]
+    prefix, suffix = random_reward.template_parts("Describe the cat.")
+    rendered = random_reward.render("Describe the cat.", "The cat is small.")
+    assert random_reward.tokenizer.decode(prefix).endswith("<think>\n\n</think>\n\n")
+    ids = random_reward.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    response = random_reward.tokenizer("The cat is small.", add_special_tokens=False)["input_ids"]
     assert ids == prefix + response + suffix

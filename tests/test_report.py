@@ -22,7 +22,7 @@ RM_SMALL, RM_LARGE = "/models/Skywork-Reward-V2-Qwen3-0.6B", "/models/Skywork-Re
 
 def write_run(path: Path, *, method="aps", seed=1, top1=1.0, avgk=0.5, prompt_ids=("p0", "p1"), M=3,
               reward=RM_SMALL, benchmark="bench", finished=True, temperature=0.7, extra_benchmark=None) -> Path:
-    """A run directory in the layout entrgi.tracking writes, with chosen numbers."""
+    """A run directory in the layout entrgi.run_directory writes, with chosen numbers."""
     path.mkdir(parents=True)
     guided = method != "none"
     config = {

@@ -19,60 +19,60 @@ def _rm_tokens(reward, texts):
     return tokens, visible
 
 
-def test_hard_embeddings_score_like_the_text(tiny_reward):
+def test_hard_embeddings_score_like_the_text(random_reward):
     """One-hot embeddings of a text through the embedding path == the text path (varying lengths)."""
-    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
-    layout = tiny_reward.layout(PROMPTS, 1, tokens.shape[1])
-    one_hot = torch.nn.functional.one_hot(tokens, tiny_reward.embedding_table.shape[0]).float()
-    by_embeds = tiny_reward.score_embeds(layout, one_hot @ tiny_reward.embedding_table, visible)
-    by_text = tiny_reward.score_texts(PROMPTS, RESPONSES)
+    tokens, visible = _rm_tokens(random_reward, RESPONSES)
+    layout = random_reward.layout(PROMPTS, 1, tokens.shape[1])
+    one_hot = torch.nn.functional.one_hot(tokens, random_reward.embedding_table.shape[0]).float()
+    by_embeds = random_reward.score_embeds(layout, one_hot @ random_reward.embedding_table, visible)
+    by_text = random_reward.score_texts(PROMPTS, RESPONSES)
     torch.testing.assert_close(by_embeds.detach(), by_text, atol=1e-5, rtol=1e-4)
 
 
-def test_suffixes_of_different_lengths(tiny_reward, monkeypatch):
+def test_suffixes_of_different_lengths(random_reward, monkeypatch):
     """A template whose suffix depends on the prompt still pools at the true last token."""
     template = (
         "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
         "{%- if m.role == 'assistant' %}{{ messages[0].content | length * '!' }}{% endif %}{%- endfor %}"
     )
-    monkeypatch.setattr(tiny_reward.tokenizer, "chat_template", template)
-    suffixes = [len(tiny_reward.template_parts(p)[1]) for p in PROMPTS]
+    monkeypatch.setattr(random_reward.tokenizer, "chat_template", template)
+    suffixes = [len(random_reward.template_parts(p)[1]) for p in PROMPTS]
     assert suffixes[0] != suffixes[1]
-    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
-    layout = tiny_reward.layout(PROMPTS, 1, tokens.shape[1])
-    by_embeds = tiny_reward.score_embeds(layout, tiny_reward.embedding_table[tokens], visible)
-    torch.testing.assert_close(by_embeds, tiny_reward.score_texts(PROMPTS, RESPONSES), atol=1e-5, rtol=1e-4)
+    tokens, visible = _rm_tokens(random_reward, RESPONSES)
+    layout = random_reward.layout(PROMPTS, 1, tokens.shape[1])
+    by_embeds = random_reward.score_embeds(layout, random_reward.embedding_table[tokens], visible)
+    torch.testing.assert_close(by_embeds, random_reward.score_texts(PROMPTS, RESPONSES), atol=1e-5, rtol=1e-4)
 
 
-def test_hidden_positions_and_batch_padding_do_not_change_a_score(tiny_reward):
+def test_hidden_positions_and_batch_padding_do_not_change_a_score(random_reward):
     """Whatever sits at hidden response positions, and whoever shares the batch, a score is unchanged."""
-    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
-    table = tiny_reward.embedding_table
-    layout = tiny_reward.layout(PROMPTS[:1], 1, tokens.shape[1])
-    alone = tiny_reward.score_embeds(layout, table[tokens[:1]], visible[:1])
+    tokens, visible = _rm_tokens(random_reward, RESPONSES)
+    table = random_reward.embedding_table
+    layout = random_reward.layout(PROMPTS[:1], 1, tokens.shape[1])
+    alone = random_reward.score_embeds(layout, table[tokens[:1]], visible[:1])
     scrambled = torch.where(visible, tokens, torch.randint_like(tokens, 5, 50))
-    together = tiny_reward.score_embeds(tiny_reward.layout(PROMPTS, 1, tokens.shape[1]), table[scrambled], visible)
+    together = random_reward.score_embeds(random_reward.layout(PROMPTS, 1, tokens.shape[1]), table[scrambled], visible)
     torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-4)
 
 
-def test_gradients_are_finite_with_left_padding(tiny_reward):
-    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
-    embeds = tiny_reward.embedding_table[tokens].clone().requires_grad_(True)
-    tiny_reward.score_embeds(tiny_reward.layout(PROMPTS, 1, tokens.shape[1]), embeds, visible).sum().backward()
+def test_gradients_are_finite_with_left_padding(random_reward):
+    tokens, visible = _rm_tokens(random_reward, RESPONSES)
+    embeds = random_reward.embedding_table[tokens].clone().requires_grad_(True)
+    random_reward.score_embeds(random_reward.layout(PROMPTS, 1, tokens.shape[1]), embeds, visible).sum().backward()
     assert torch.isfinite(embeds.grad).all()
     assert embeds.grad[visible].abs().sum() > 0
     assert embeds.grad[~visible].abs().sum() == 0  # hidden positions receive no gradient
 
 
-def test_vocab_bridge_maps_by_token_string(tiny_model, tiny_reward):
-    bridge = build_vocab_bridge(tiny_model.tokenizer, tiny_reward.tokenizer, tiny_model.vocab_size + 3)
-    dllm_tokens = tiny_model.tokenizer.convert_ids_to_tokens(list(range(len(tiny_model.tokenizer))))
-    rm_vocab = tiny_reward.tokenizer.get_vocab()
+def test_vocab_bridge_maps_by_token_string(random_model, random_reward):
+    bridge = build_vocab_bridge(random_model.tokenizer, random_reward.tokenizer, random_model.vocab_size + 3)
+    dllm_tokens = random_model.tokenizer.convert_ids_to_tokens(list(range(len(random_model.tokenizer))))
+    rm_vocab = random_reward.tokenizer.get_vocab()
     for i, token in enumerate(dllm_tokens):
         if token in rm_vocab:
             assert bridge.token_mapping[i] == rm_vocab[token] and bridge.exact[i]
         else:
-            assert bridge.token_mapping[i] == tiny_reward.tokenizer.eos_token_id and not bridge.exact[i]
+            assert bridge.token_mapping[i] == random_reward.tokenizer.eos_token_id and not bridge.exact[i]
     assert not bridge.exact[-3:].any()  # ids past the tokenizer (embedding padding) are unmapped
     expected = sum(t in rm_vocab for t in dllm_tokens) / len(dllm_tokens)
     assert abs(bridge.coverage - expected) < 1e-9
@@ -80,13 +80,13 @@ def test_vocab_bridge_maps_by_token_string(tiny_model, tiny_reward):
 
 
 @pytest.mark.parametrize("hide", [0, 3])
-def test_prefix_cache_matches_the_full_pass(tiny_paths, hide):
+def test_prefix_cache_matches_the_full_pass(random_paths, hide):
     """Scores and gradients with the cached prefix keys/values equal a full RM pass (prompts of different lengths)."""
     from entrgi.rewards import RewardModel
 
     results = []
     for cached in (False, True):
-        reward = RewardModel(str(tiny_paths["reward"]), prefix_cache=cached, device="cpu")
+        reward = RewardModel(str(random_paths["reward"]), prefix_cache=cached, device="cpu")
         tokens, visible = _rm_tokens(reward, RESPONSES)
         if hide:
             visible[:, -hide:] = False
@@ -100,12 +100,12 @@ def test_prefix_cache_matches_the_full_pass(tiny_paths, hide):
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)
 
 
-def test_prefix_cache_survives_repeated_passes(tiny_reward):
+def test_prefix_cache_survives_repeated_passes(random_reward):
     """Each pass starts from the prefix alone: a second pass gives the same score as the first."""
-    tokens, visible = _rm_tokens(tiny_reward, RESPONSES)
-    layout = tiny_reward.layout(PROMPTS, 1, tokens.shape[1])
+    tokens, visible = _rm_tokens(random_reward, RESPONSES)
+    layout = random_reward.layout(PROMPTS, 1, tokens.shape[1])
     assert layout.prefix_cache is not None
-    embeds = tiny_reward.embedding_table[tokens].clone().requires_grad_(True)
-    first = tiny_reward.score_embeds(layout, embeds, visible)
+    embeds = random_reward.embedding_table[tokens].clone().requires_grad_(True)
+    first = random_reward.score_embeds(layout, embeds, visible)
     first.sum().backward()
-    torch.testing.assert_close(tiny_reward.score_embeds(layout, embeds, visible).detach(), first.detach())
+    torch.testing.assert_close(random_reward.score_embeds(layout, embeds, visible).detach(), first.detach())

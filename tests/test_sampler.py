@@ -50,25 +50,25 @@ class LogitsSpy:
         return self.edit(logits) if self.edit else logits
 
 
-def test_build_canvas_left_pads_and_repeats_each_prompt_k_times(tiny_model):
+def test_build_canvas_left_pads_and_repeats_each_prompt_k_times(random_model):
     """Rows b*K + k: pads, prompt, L masks; the key mask hides exactly the pads."""
-    sampler = DiffusionSampler(tiny_model, EntropySchedule(steps=2), NoGuidance(), num_samples=2, max_new_tokens=3)
+    sampler = DiffusionSampler(random_model, EntropySchedule(steps=2), NoGuidance(), num_samples=2, max_new_tokens=3)
     canvas, attention = sampler.build_canvas([[5, 6, 7], [8]])
-    pad, mask = tiny_model.pad_token_id, tiny_model.mask_token_id
+    pad, mask = random_model.pad_token_id, random_model.mask_token_id
     long_row, short_row = [5, 6, 7, mask, mask, mask], [pad, pad, 8, mask, mask, mask]
     assert canvas.tolist() == [long_row, long_row, short_row, short_row]
     assert attention.tolist() == [[True] * 6] * 2 + [[False, False] + [True] * 4] * 2
 
 
 @pytest.mark.parametrize("rule", list(RULES))
-def test_denoising_invariants(tiny_model, monkeypatch, rule):
+def test_denoising_invariants(random_model, monkeypatch, rule):
     """Prompts never change, committed tokens never change, masks never grow, none are left,
     and (for the confidence rules) each step commits floor(n·(1 − s/t)), the rest at the end."""
-    spy = LogitsSpy(tiny_model, monkeypatch)
-    generation = _sampler(tiny_model, rule).generate(PROMPTS, IDS, seed=3)
+    spy = LogitsSpy(random_model, monkeypatch)
+    generation = _sampler(random_model, rule).generate(PROMPTS, IDS, seed=3)
 
     assert len(spy.canvases) == STEPS
-    start, mask = spy.start, tiny_model.mask_token_id
+    start, mask = spy.start, random_model.mask_token_id
     first = spy.canvases[0]
     assert first.shape == (len(PROMPTS) * K, start + LENGTH)
     assert (first[:, start:] == mask).all(), "the response region starts fully masked"
@@ -97,8 +97,8 @@ def test_expected_counts_by_hand():
 
 
 @pytest.mark.parametrize("rule", list(RULES))
-def test_same_seed_same_samples_other_seed_other_samples(tiny_model, rule):
-    sampler = _sampler(tiny_model, rule)
+def test_same_seed_same_samples_other_seed_other_samples(random_model, rule):
+    sampler = _sampler(random_model, rule)
     a = sampler.generate(PROMPTS[:2], IDS[:2], seed=11).responses
     b = sampler.generate(PROMPTS[:2], IDS[:2], seed=11).responses
     c = sampler.generate(PROMPTS[:2], IDS[:2], seed=12).responses
@@ -108,13 +108,13 @@ def test_same_seed_same_samples_other_seed_other_samples(tiny_model, rule):
 
 
 @pytest.mark.parametrize("rule", list(RULES))
-def test_batch_size_does_not_change_a_prompts_samples(tiny_model, rule):
+def test_batch_size_does_not_change_a_prompts_samples(random_model, rule):
     """Each prompt alone (batch 1) and in a batch of 4 (with left padding) gets identical samples.
 
     Padding changes the logits by float rounding (~1e-7), so this holds as long as no two
     confidences are that close; the tiny dLLM is initialised peaked enough for that.
     """
-    sampler = _sampler(tiny_model, rule)
+    sampler = _sampler(random_model, rule)
     batched = sampler.generate(PROMPTS, IDS, seed=5).responses
     for b, (prompt, pid) in enumerate(zip(PROMPTS, IDS, strict=True)):
         alone = sampler.generate([prompt], [pid], seed=5).responses
@@ -123,17 +123,17 @@ def test_batch_size_does_not_change_a_prompts_samples(tiny_model, rule):
     assert torch.equal(reordered[:K], batched[-K:])
 
 
-def test_the_mask_token_is_never_committed(tiny_model, monkeypatch):
+def test_the_mask_token_is_never_committed(random_model, monkeypatch):
     """Even when the model puts most of its mass on <|mask|>, the committed token is a real one."""
-    mask = tiny_model.mask_token_id
+    mask = random_model.mask_token_id
 
     def favour_mask(logits):
         logits = logits.clone()
         logits[..., mask] += 20.0
         return logits
 
-    LogitsSpy(tiny_model, monkeypatch, edit=favour_mask)
-    generation = _sampler(tiny_model, "maskgit_plus").generate(PROMPTS[:2], IDS[:2], seed=0)
+    LogitsSpy(random_model, monkeypatch, edit=favour_mask)
+    generation = _sampler(random_model, "maskgit_plus").generate(PROMPTS[:2], IDS[:2], seed=0)
     assert not (generation.responses == mask).any()
 
 
@@ -153,11 +153,11 @@ class _Bonus(Guidance):
         return Steered(logits=steered, stats={"bonus": torch.tensor(float(context.step))})
 
 
-def test_tokens_come_from_the_guidance_hook(tiny_model):
+def test_tokens_come_from_the_guidance_hook(random_model):
     """The loop calls the hook once per step, samples from its logits and records its stats."""
-    token = tiny_model.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    token = random_model.tokenizer.convert_tokens_to_ids("<|im_start|>")
     guidance = _Bonus(token)
-    generation = _sampler(tiny_model, "entropy", guidance=guidance).generate(PROMPTS[:2], IDS[:2], seed=0)
+    generation = _sampler(random_model, "entropy", guidance=guidance).generate(PROMPTS[:2], IDS[:2], seed=0)
     assert (generation.responses == token).all()
     assert guidance.batches == [(PROMPTS[:2], K)]
     assert [c.step for c in guidance.contexts] == list(range(STEPS))

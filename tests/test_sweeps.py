@@ -1,6 +1,6 @@
 """Sweeps (issue 6): local launchers pinning one device per job, resume after SIGKILL, shards, failures.
 
-The multirun tests run `python -m entrgi.run -m` in a subprocess on the tiny world with a fake
+The multirun tests run `python -m entrgi.run -m` in a subprocess on the toy world (experiment=tiny) with a fake
 device count (ENTRGI_DEVICE_COUNT=2) and check, from each job's run.json, which device the job
 saw and when it ran.
 """
@@ -22,7 +22,7 @@ import yaml
 from entrgi.experiment import run_experiment
 from entrgi.reporting.runs import collect_runs, load_run
 from entrgi.sweeps import job_dir_name, sweep_dir_name
-from entrgi.tracking import RunDirectory, RunDirectoryBusy, RunDirectoryMismatch
+from entrgi.run_directory import RunDirectory, RunDirectoryBusy, RunDirectoryMismatch
 
 SMALL = ["experiment=tiny", "logger=none", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=4"]
 
@@ -199,7 +199,7 @@ def test_submitit_local_gives_each_job_its_own_device(tmp_path):
 SLOW_JOB = """
 import os, time
 from pathlib import Path
-from entrgi.tracking import RunDirectory
+from entrgi.run_directory import RunDirectory
 
 calls = []
 append_steps = RunDirectory.append_steps

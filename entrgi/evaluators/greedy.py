@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import transformers
 
-from entrgi.checkpoints import resolve_device, resolve_dtype
+from entrgi.weights import resolve_device, resolve_dtype
 from entrgi.evaluators.base import release_memory
 from entrgi.validation import ConfigError
 

@@ -20,11 +20,11 @@ from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from entrgi.checkpoints import resolve_checkpoint
+from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import Evaluator
 from entrgi.evaluators.scores import FIELDS, field_key, judged_indices, prompt_line, summary_fields
 from entrgi.reporting.runs import Incomplete, ReportError, find_run_dirs, load_run
-from entrgi.tracking import JUDGEMENTS, SUMMARY, RunDirectory
+from entrgi.run_directory import JUDGEMENTS, SUMMARY, RunDirectory
 from entrgi.validation import ConfigError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from entrgi.checkpoints import resolve_checkpoint
+from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
 from entrgi.evaluators.greedy import GreedyOutput, open_backend
 from entrgi.validation import one_of, ranged

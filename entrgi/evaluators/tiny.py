@@ -8,10 +8,10 @@
   channel over the whole conversation (+1 for `happy`, `bright`, `warm`, `gentle`, −1 for `old`,
   `strange`, `quiet`, `small`), and that mean tilts the distribution over the digits 1–5, so
   the score rises with positive words in the query and response and falls with negative ones.
-* `reward` — a second tiny Qwen3 reward model (the tiny world's recipe, other random
-  weights): a held-out RM for the tiny world's runs.
+* `reward` — a second tiny Qwen3 reward model (the random world's recipe, other random
+  weights): a held-out RM for runs on the small worlds.
 
-Built into `$ENTRGI_CACHE` (as the tiny world is), once per machine, safely under concurrent jobs.
+Built into `$ENTRGI_CACHE` (as the random world is), once per machine, safely under concurrent jobs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3ForSequenceClassification
 
 from entrgi.formats import DREAM_CHAT_TEMPLATE, reward_config, reward_tokenizer, save_reward, train_bpe
-from entrgi.tiny_world import SIZES, build_once, corpus, default_root
+from entrgi.random_world import SIZES, build_once, corpus, default_root
 
 VERSION = "tiny-judges-v1"
 JUDGE_SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4}
@@ -36,7 +36,7 @@ TILT = 6.0  # logit of digit d: TILT · (d − 3) · the normalised mean sentime
 
 
 def _judge_corpus() -> list[str]:
-    """The tiny world's chat text plus LMUnit's prompt and answer format, so both tokenize compactly."""
+    """The random world's chat text plus LMUnit's prompt and answer format, so both tokenize compactly."""
     text = corpus(n_pairs=1500)
     lines = [f"Query: {line}\n\nResponse: {line}\n\nUnit Test: Is the response clear?\n" for line in text[:300]]
     answers = [f'{{"score": {d}}}\n' for d in range(10)] * 100
@@ -100,7 +100,7 @@ def _write_judge(folder: Path) -> None:
 
 
 def _write_reward(folder: Path) -> None:
-    """The tiny world's RM recipe (tokenizer, size) with other random weights."""
+    """The random world's RM recipe (tokenizer, size) with other random weights."""
     tokenizer = reward_tokenizer(corpus(), vocab_size=360)
     torch.manual_seed(11)
     save_reward(folder, Qwen3ForSequenceClassification(reward_config(tokenizer, SIZES["tiny"])), tokenizer)

@@ -17,7 +17,7 @@ import transformers
 from omegaconf import MISSING
 from transformers.masking_utils import create_bidirectional_mask
 
-from entrgi.checkpoints import resolve_checkpoint, resolve_device, resolve_dtype
+from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
 from entrgi.validation import one_of
 
 # Keys of a remote-code config.json that must not reach transformers' own config class.

@@ -1,6 +1,6 @@
 """Run directories as the report sees them: found under any paths, loaded, shards merged.
 
-A run directory is what one job writes (`entrgi.tracking`): `config.yaml` and `run.json`
+A run directory is what one job writes (`entrgi.run_directory`): `config.yaml` and `run.json`
 at the start, `samples.jsonl` / `steps.jsonl` batch by batch, `summary.json` last, and later
 `judgements/<name>.jsonl` per judge (`entrgi.evaluators`). A directory without `summary.json`
 is an incomplete run: it is listed, never averaged in.

@@ -17,7 +17,7 @@ from omegaconf import MISSING
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from entrgi.checkpoints import resolve_checkpoint, resolve_device, resolve_dtype
+from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
 from entrgi.validation import one_of, ranged
 
 

@@ -30,7 +30,7 @@ from entrgi.formats import (
     save_reward,
 )
 
-VERSION = "tiny-world-v3"
+VERSION = "random-world-v3"
 
 # Network sizes: `tiny` for format and plumbing tests, `mid` for performance measurements
 # where model compute is not negligible next to Python overhead.
@@ -119,10 +119,10 @@ def build_once(target: Path, lock: Path, build: Callable[[Path], None]) -> None:
         staging.rename(target)
 
 
-def ensure_tiny_world(size: str = "tiny", root: Path | None = None) -> dict[str, Path]:
+def ensure_random_world(size: str = "tiny", root: Path | None = None) -> dict[str, Path]:
     """Folders of the dLLMs and RM of one size, building them once (safe under concurrent jobs)."""
     if size not in SIZES:
-        raise ValueError(f"tiny world size {size!r} is not one of {', '.join(SIZES)}")
+        raise ValueError(f"random world size {size!r} is not one of {', '.join(SIZES)}")
     target = Path(root or default_root()) / VERSION / size
 
     def build(staging: Path) -> None:

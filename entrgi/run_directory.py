@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from entrgi.checkpoints import ResourceUnavailable
+from entrgi.weights import ResourceUnavailable
 from entrgi.validation import ConfigError
 
 SAMPLES = "samples.jsonl"
