@@ -8,7 +8,7 @@ executor (a fresh process per job). Both add the `LocalDevices` callback, which 
   `devices` setting, else the visible GPUs (CUDA_VISIBLE_DEVICES, else all), else `cpu_jobs`
   CPU slots — and exports it to the job processes in the environment (ENTRGI_DEVICE_POOL);
 * in each job's process (`on_job_start`, before anything touches CUDA) the process claims a
-  free slot — an exclusive `flock` on `<lock dir>/slot-<i>.lock`, held until the process
+  free slot — an exclusive lock (filelock) on `<lock dir>/slot-<i>.lock`, held until the process
   exits — and sets CUDA_VISIBLE_DEVICES to that slot's device, so the job sees one GPU.
 
 The two traps and how they are handled:
@@ -48,7 +48,7 @@ POOL_ENV = "ENTRGI_DEVICE_POOL"
 FAKE_COUNT_ENV = "ENTRGI_DEVICE_COUNT"
 SLOT_ENV = "ENTRGI_DEVICE_SLOT"
 
-_claim: dict[str, Any] | None = None  # this process's slot: {"slot", "device", "fd"}
+_claim: dict[str, Any] | None = None  # this process's slot: {"slot", "device", "lock"}
 
 
 def visible_devices() -> list[str]:
@@ -112,7 +112,7 @@ def pin_device(poll_seconds: float = 0.5) -> dict[str, Any] | None:
     if not spec:
         return None
     if _claim is None:
-        import fcntl
+        from filelock import FileLock, Timeout
 
         pool = json.loads(spec)
         lock_dir = Path(pool["locks"])
@@ -120,15 +120,14 @@ def pin_device(poll_seconds: float = 0.5) -> dict[str, Any] | None:
         waiting = False
         while _claim is None:
             for slot, device in enumerate(pool["devices"]):
-                fd = os.open(lock_dir / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                lock = FileLock(str(lock_dir / f"slot-{slot}.lock"))
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    os.close(fd)
+                    lock.acquire(timeout=0)
+                except Timeout:
                     continue
-                os.ftruncate(fd, 0)
-                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, device {device}\n".encode())
-                _claim = {"slot": slot, "device": device, "fd": fd}  # fd stays open: the lock lives with us
+                (lock_dir / f"slot-{slot}.owner").write_text(
+                    f"pid {os.getpid()} on {socket.gethostname()}, device {device}\n")
+                _claim = {"slot": slot, "device": device, "lock": lock}  # held while we live: the OS frees it at exit
                 break
             else:
                 if not waiting:

@@ -29,9 +29,6 @@ class NullLogger:
     def start(self, config: dict[str, Any], output_dir: Path, name: str, resume_id: str | None = None) -> None:
         """Open the run (`resume_id`: add to the run with that id)."""
 
-    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Record a dict of numbers."""
-
     def log_batch(self, samples: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
         """One finished batch: its samples.jsonl records and its steps.jsonl rows."""
 
@@ -152,9 +149,6 @@ class WandbLogger(NullLogger):
     @property
     def recording(self) -> bool:
         return self.run is not None and not getattr(self.run, "disabled", False)
-
-    def log(self, metrics, step=None):
-        self.run.log(metrics, step=step)
 
     def log_batch(self, samples, steps):
         if not self.recording:

@@ -27,25 +27,30 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from entrgi.weights import ResourceUnavailable
 from entrgi.validation import ConfigError
 
+# The files of a run directory, named here only (the runner, the report, the judges and the sweep
+# summary read them through these names).
 SAMPLES = "samples.jsonl"
 STEPS = "steps.jsonl"
 PARTS = "artifact_parts.jsonl"
+HISTOGRAM = "entropy_error_histogram.json"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 METADATA = "run.json"
 ERROR = "error.json"
 LOCK = ".lock"
 JUDGEMENTS = "judgements"  # one file per evaluator (entrgi.evaluators.judging)
+JUDGEMENTS_LOCK = ".judgements.lock"  # serialises judging jobs' summary updates (not the generation lock)
+FIGURES = "figures"
+WANDB = "wandb"
 # What `run.overwrite=true` deletes: everything a job writes (Hydra's .hydra/ and log stay).
-RESULTS = (SAMPLES, STEPS, PARTS, SUMMARY, CONFIG, METADATA, ERROR, "entropy_error_histogram.json", "figures", "wandb",
-           JUDGEMENTS)
+RESULTS = (SAMPLES, STEPS, PARTS, SUMMARY, CONFIG, METADATA, ERROR, HISTOGRAM, FIGURES, WANDB, JUDGEMENTS)
 
 
 class RunDirectoryBusy(ResourceUnavailable):
@@ -69,16 +74,26 @@ def git_revision(where: Path) -> dict[str, Any]:
         return {"commit": "unknown", "dirty": None}
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically: written beside it, flushed to disk, renamed over it."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _read_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """The complete JSON lines of a file, and whether anything (a cut-short last line) was dropped."""
+class JsonLines(NamedTuple):
+    rows: list[dict[str, Any]]
+    dropped: bool  # a line was cut short (no newline) or unreadable and left out
+
+
+def read_jsonl(path: Path) -> JsonLines:
+    """The complete JSON lines of a file (none when it is absent). A line counts only with its
+    newline: one cut short by a crash, or unreadable, is left out and reported in `dropped`."""
     if not path.is_file():
-        return [], False
+        return JsonLines([], False)
     *complete, tail = path.read_bytes().split(b"\n")
     rows, dropped = [], bool(tail.strip())
     for line in complete:
@@ -88,16 +103,25 @@ def _read_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             dropped = True
-    return rows, dropped
+    return JsonLines(rows, dropped)
 
 
-def _rewrite_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file whole and atomically."""
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def is_locked(path: Path) -> bool:
+    """Does a process hold the lock file `path` (probed without waiting; see `RunDirectory.lock`)?"""
+    from filelock import FileLock, Timeout
+
+    if not path.is_file():
+        return False
+    try:
+        FileLock(str(path)).acquire(timeout=0).lock.release()
+    except Timeout:
+        return True
+    return False
 
 
 def comparable_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -251,7 +275,7 @@ class RunDirectory:
                     "rerun with run.overwrite=true to start afresh"
                 )
         wanted = set(prompt_ids)
-        records, dropped = _read_lines(self.path / SAMPLES)
+        records, dropped = read_jsonl(self.path / SAMPLES)
         unknown = {r.get("prompt_id") for r in records} - wanted
         if unknown:
             raise RunDirectoryMismatch(
@@ -271,14 +295,14 @@ class RunDirectory:
                 seen.update(ids)
         dropped |= len(kept) != len(records)
         if dropped:
-            _rewrite_lines(self.path / SAMPLES, kept)
+            write_jsonl(self.path / SAMPLES, kept)
         committed = {r["batch"] for r in kept}
         progress = Progress(records=kept)
         for name, target in ((STEPS, progress.steps), (PARTS, progress.parts)):
-            rows, cut = _read_lines(self.path / name)
+            rows, cut = read_jsonl(self.path / name)
             target += [row for row in rows if row.get("batch") in committed]
             if cut or len(target) != len(rows):
-                _rewrite_lines(self.path / name, target)
+                write_jsonl(self.path / name, target)
         return progress
 
     def write_metadata(self, cfg: DictConfig, extra: dict[str, Any]) -> None:
@@ -286,7 +310,7 @@ class RunDirectory:
         import torch
         import transformers
 
-        _atomic_write(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         attempts = []
         if (self.path / METADATA).is_file():
             attempts = json.loads((self.path / METADATA).read_text()).get("attempts", [])
@@ -309,7 +333,7 @@ class RunDirectory:
             **extra,
             "attempts": [*attempts, attempt],
         }
-        _atomic_write(self.path / METADATA, json.dumps(meta, indent=2))
+        atomic_write(self.path / METADATA, json.dumps(meta, indent=2))
 
     def _append(self, name: str, records: list[dict[str, Any]]) -> None:
         with open(self.path / name, "a") as f:
@@ -332,12 +356,12 @@ class RunDirectory:
         self.append_samples(records)
 
     def write_json(self, name: str, content: Any) -> None:
-        _atomic_write(self.path / f"{name}.json", json.dumps(content))
+        atomic_write(self.path / f"{name}.json", json.dumps(content))
 
     def write_judgements(self, name: str, rows: list[dict[str, Any]]) -> None:
         """One evaluator's per-prompt scores, replacing its earlier ones whole and atomically."""
         (self.path / JUDGEMENTS).mkdir(exist_ok=True)
-        _rewrite_lines(self.path / JUDGEMENTS / f"{name}.jsonl", rows)
+        write_jsonl(self.path / JUDGEMENTS / f"{name}.jsonl", rows)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        _atomic_write(self.path / SUMMARY, json.dumps(summary, indent=2))
+        atomic_write(self.path / SUMMARY, json.dumps(summary, indent=2))

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from entrgi.categorical import sample_nucleus
 from entrgi.guidance import Guidance, GuidanceContext
@@ -85,19 +84,17 @@ class DiffusionSampler:
         attention = torch.tensor(keep, device=self.model.device).repeat_interleave(self.num_samples, dim=0)
         return canvas, attention
 
-    def generate(
-        self, prompts: list[str], prompt_ids: list[str], seed: int, progress: bool = False
-    ) -> Generation:
+    def generate(self, prompts: list[str], prompt_ids: list[str], seed: int) -> Generation:
         """Sample K responses for each prompt; `prompt_ids` key the random streams."""
         canvas, attention = self.build_canvas([self.model.encode_prompt(p) for p in prompts])
         noise = TrajectoryNoise.for_prompts(seed, prompt_ids, self.num_samples, device=canvas.device)
         self.guidance.begin_batch(prompts, self.num_samples, self.max_new_tokens)
-        per_step = self.denoise(canvas, attention, noise, progress)
+        per_step = self.denoise(canvas, attention, noise)
         responses = canvas[:, canvas.shape[1] - self.max_new_tokens :].cpu()
         return Generation(responses=responses, steps=_steps_to_host(per_step, self.schedule))
 
     def denoise(
-        self, canvas: torch.Tensor, attention: torch.Tensor, noise: TrajectoryNoise, progress: bool = False
+        self, canvas: torch.Tensor, attention: torch.Tensor, noise: TrajectoryNoise
     ) -> list[dict[str, torch.Tensor]]:
         """Run every denoising step on `canvas` in place; statistics stay on the device.
 
@@ -106,7 +103,7 @@ class DiffusionSampler:
         start = canvas.shape[1] - self.max_new_tokens
         length = self.max_new_tokens
         per_step = []
-        for step in tqdm(range(self.schedule.steps), desc="denoising", leave=False, disable=not progress):
+        for step in range(self.schedule.steps):
             response = canvas[:, start:]
             masked = response == self.model.mask_token_id
             logits = self.model.logits(canvas, attention, start)

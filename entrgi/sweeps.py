@@ -36,7 +36,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from entrgi.reporting.runs import EXECUTION_KEYS, SHARD_KEYS, key_under
-from entrgi.run_directory import ERROR, LOCK, SAMPLES, SUMMARY
+from entrgi.run_directory import ERROR, LOCK, SAMPLES, SUMMARY, atomic_write, is_locked, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,7 @@ def write_error(job_dir: str | Path, error: BaseException, overrides: list[str] 
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(record, indent=2))
     return path
 
 
@@ -122,23 +120,7 @@ class JobFailed(RuntimeError):
 
 def _running(job_dir: Path) -> bool:
     """Is a process holding the job directory's lock (see entrgi.run_directory.RunDirectory.lock)?"""
-    import fcntl
-
-    if not (job_dir / LOCK).is_file():
-        return False
-    with open(job_dir / LOCK, "a") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-    return False
-
-
-def _count_lines(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    return sum(1 for line in path.read_bytes().split(b"\n") if line.strip().endswith(b"}"))
+    return is_locked(job_dir / LOCK)
 
 
 def job_status(job_dir: str | Path) -> dict[str, Any]:
@@ -161,7 +143,7 @@ def job_status(job_dir: str | Path) -> dict[str, Any]:
         status["error"] = f"{error.get('type')}: {error.get('message')}"
     else:
         status["status"] = "running" if _running(job_dir) else "stopped"
-        status["prompts_done"] = _count_lines(job_dir / SAMPLES)
+        status["prompts_done"] = len(read_jsonl(job_dir / SAMPLES).rows)
     return status
 
 
@@ -177,9 +159,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> dict[str, Any]:
             counts[job["status"]] = counts.get(job["status"], 0) + 1
         summary = {"sweep_dir": str(sweep_dir.resolve()), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                    "counts": counts, "jobs": jobs}
-        tmp = sweep_dir / (SWEEP_SUMMARY + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, sweep_dir / SWEEP_SUMMARY)
+        atomic_write(sweep_dir / SWEEP_SUMMARY, json.dumps(summary, indent=2))
     return summary
 
 

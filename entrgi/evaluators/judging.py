@@ -24,12 +24,11 @@ from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import Evaluator
 from entrgi.evaluators.scores import FIELDS, field_key, judged_indices, prompt_line, summary_fields
 from entrgi.reporting.runs import Incomplete, ReportError, find_run_dirs, load_run
-from entrgi.run_directory import JUDGEMENTS, SUMMARY, RunDirectory
+from entrgi.run_directory import JUDGEMENTS, JUDGEMENTS_LOCK, SUMMARY, RunDirectory
 from entrgi.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
-LOCK = ".judgements.lock"
 Judged = dict[str, list[dict[str, Any]]]  # evaluator name -> its lines for one run
 
 
@@ -101,9 +100,9 @@ def judge_run(run_dir: Path, evaluator: Evaluator, config: dict[str, Any] | None
         first += count
     fields = summary_fields(evaluator.name, lines)
     directory = RunDirectory(run_dir)
-    with FileLock(str(Path(run_dir) / LOCK)):
+    with FileLock(str(Path(run_dir) / JUDGEMENTS_LOCK)):
         directory.write_judgements(evaluator.name, lines)
-        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+        summary = directory.finished()
         for key in FIELDS:
             summary.pop(field_key(evaluator.name, key), None)
         evaluators = summary.pop("evaluators", {})  # kept last, after the numbers

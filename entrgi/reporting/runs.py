@@ -24,12 +24,12 @@ from typing import Any
 import yaml
 
 from entrgi.evaluators.scores import summary_fields
+from entrgi.run_directory import (
+    CONFIG, ERROR, FIGURES, HISTOGRAM, JUDGEMENTS, METADATA, SAMPLES, STEPS, SUMMARY, WANDB, read_jsonl,
+)
 
-SUMMARY, CONFIG, METADATA = "summary.json", "config.yaml", "run.json"
-SAMPLES, STEPS, HISTOGRAM = "samples.jsonl", "steps.jsonl", "entropy_error_histogram.json"
-ERROR, JUDGEMENTS = "error.json", "judgements"
 # Folders inside a job directory (or beside it) that are never runs themselves.
-NOT_RUNS = {"wandb", ".hydra", "figures", "__pycache__", ".git", ".submitit", ".devices", JUDGEMENTS}
+NOT_RUNS = {WANDB, ".hydra", FIGURES, "__pycache__", ".git", ".submitit", ".devices", JUDGEMENTS}
 # Config keys that differ between the shards of one run (`benchmark.shard=i benchmark.num_shards=n`).
 SHARD_KEYS: tuple[str, ...] = ("benchmark.shard", "benchmark.num_shards")
 # Config keys (or prefixes) that say how a job ran, not what it computed. `run` holds run
@@ -62,19 +62,6 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def key_under(key: str, names: Iterable[str]) -> bool:
     """Is `key` one of `names`, or inside one of them (`logger.mode` is under `logger`)?"""
     return any(key == name or key.startswith(name + ".") for name in names)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-    return rows
 
 
 @dataclass
@@ -131,7 +118,7 @@ class Run:
     @cached_property
     def steps(self) -> list[dict[str, Any]]:
         """steps.jsonl of every shard, with `part` telling the shards' batches apart."""
-        return [{**row, "part": i} for i, path in enumerate(self.paths) for row in _read_jsonl(path / STEPS)]
+        return [{**row, "part": i} for i, path in enumerate(self.paths) for row in read_jsonl(path / STEPS).rows]
 
     @cached_property
     def histogram(self) -> dict[str, Any] | None:
@@ -152,12 +139,12 @@ class Run:
 
     @cached_property
     def samples(self) -> list[dict[str, Any]]:
-        return [row for path in self.paths for row in _read_jsonl(path / SAMPLES)]
+        return [row for path in self.paths for row in read_jsonl(path / SAMPLES).rows]
 
     @cached_property
     def judgements(self) -> dict[str, list[dict[str, Any]]]:
         """{judge name: its per-prompt lines} over every shard; a judge missing from a shard is left out."""
-        per_path = [{file.stem: _read_jsonl(file) for file in sorted((path / JUDGEMENTS).glob("*.jsonl"))}
+        per_path = [{file.stem: read_jsonl(file).rows for file in sorted((path / JUDGEMENTS).glob("*.jsonl"))}
                     for path in self.paths]
         names = set.intersection(*(set(found) for found in per_path)) if per_path else set()
         for name in sorted(set().union(*per_path) - names):
@@ -226,7 +213,7 @@ def load_run(path: str | Path) -> Run | Incomplete:
         total = ""
         if (path / METADATA).is_file():
             total = f" of {len(json.loads((path / METADATA).read_text()).get('prompt_ids', []))}"
-        done = len(_read_jsonl(path / SAMPLES))
+        done = len(read_jsonl(path / SAMPLES).rows)
         if (path / ERROR).is_file():  # written by entrgi.run when the job raised
             error = json.loads((path / ERROR).read_text())
             return Incomplete(path, f"failed ({done}{total} prompts written): {error.get('type')}: "
@@ -235,7 +222,7 @@ def load_run(path: str | Path) -> Run | Incomplete:
     config = yaml.safe_load(config_file.read_text()) or {}
     summary = json.loads(summary_file.read_text())
     metadata = json.loads((path / METADATA).read_text()) if (path / METADATA).is_file() else {}
-    prompt_ids = metadata.get("prompt_ids") or [row["prompt_id"] for row in _read_jsonl(path / SAMPLES)]
+    prompt_ids = metadata.get("prompt_ids") or [row["prompt_id"] for row in read_jsonl(path / SAMPLES).rows]
     return Run(paths=(path,), config=config, summary=summary, prompt_ids=tuple(prompt_ids),
                finished=summary_file.stat().st_mtime)
 
