@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
+from entrgi.schemas import schema
 from entrgi.weights import ResourceUnavailable, hub_reachable
 from entrgi.validation import ConfigError, ranged
 
@@ -34,6 +35,7 @@ class Prompt:
     category: str | None = None
 
 
+@schema("benchmark")
 @dataclass
 class BenchmarkConfig:
     """The `benchmark` config group."""

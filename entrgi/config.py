@@ -15,23 +15,19 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from entrgi.benchmarks import BenchmarkConfig
-from entrgi.evaluators import EvaluatorConfig
-from entrgi.evaluators.lmunit import LMUnitConfig
-from entrgi.evaluators.oracle import ToyOracleConfig
-from entrgi.evaluators.reward import HeldOutRewardConfig
-from entrgi.guidance import GuidanceConfig, RewardGradientConfig
-from entrgi.loggers import WandbLoggerConfig
-from entrgi.models import DiffusionLMConfig
-from entrgi.rewards import RewardModelConfig
+# The modules of the built-in components: importing them stores their schemas (`entrgi.schemas`).
+import entrgi.benchmarks  # noqa: F401
+import entrgi.evaluators.lmunit  # noqa: F401
+import entrgi.evaluators.oracle  # noqa: F401
+import entrgi.evaluators.reward  # noqa: F401
+import entrgi.guidance  # noqa: F401
+import entrgi.loggers  # noqa: F401
+import entrgi.models  # noqa: F401
+import entrgi.rewards  # noqa: F401
+import entrgi.schedule  # noqa: F401
+from entrgi.guidance.mix import WEIGHT_RULES
 from entrgi.sampler import SamplerConfig
-from entrgi.schedule import LowConfidenceConfig, ScheduleConfig
 from entrgi.validation import ranged
-
-
-@dataclass
-class NullLoggerConfig:
-    _target_: str = "entrgi.loggers.NullLogger"
 
 
 @dataclass
@@ -140,42 +136,28 @@ ARM_STEPS = range(1, 11)
 
 
 def _register_arms(cs: ConfigStore) -> None:
-    """The `arm` group: one option per study cell, `none` or `<method>-M<m>` (e.g. `+arm=entrgi-M3`).
+    """The `arm` group: one option per study cell, `none` or `<rule>-M<m>` (e.g. `+arm=entrgi-M3`) for
+    every registered weight rule (whose `guidance` option has the rule's name).
 
     A product sweep `guidance=none,soft guidance.M=1,3` would give the unguided baseline an M it
     does not have; sweeping arms runs the baseline once per seed and M only where it means something.
     """
     cs.store(group="arm", name="none", node={"defaults": [{"override /guidance": "none"}]}, package="_global_")
-    for method in ("soft", "aps", "entrgi"):
+    for method in WEIGHT_RULES:
         for steps in ARM_STEPS:
             node = {"defaults": [{"override /guidance": method}], "guidance": {"M": steps}}
             cs.store(group="arm", name=f"{method}-M{steps}", node=node, package="_global_")
 
 
 def register() -> None:
-    """Put the schemas in the ConfigStore and the resolvers in OmegaConf (idempotent)."""
+    """Put the root schemas and the arms in the ConfigStore and the resolvers in OmegaConf (idempotent).
+
+    The groups' schemas are stored by their own modules (`entrgi.schemas.schema`)."""
     cs = ConfigStore.instance()
     # The root schema is a group of its own so that `perf.yaml` can swap it for PerfConfig.
     cs.store(group="root", name="run", node=RunConfig, package="_global_")
     cs.store(group="root", name="perf", node=PerfConfig, package="_global_")
     cs.store(group="root", name="evaluate", node=EvaluateConfig, package="_global_")
-    schemas = {
-        "model": DiffusionLMConfig,
-        "reward": RewardModelConfig,
-        "guidance": GuidanceConfig,
-        "schedule": ScheduleConfig,
-        "benchmark": BenchmarkConfig,
-        "logger": WandbLoggerConfig,
-    }
-    for group, node in schemas.items():
-        cs.store(group=f"schema/{group}", name="base", node=node)
-    cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
-    cs.store(group="schema/guidance", name="reward_gradient", node=RewardGradientConfig)
-    cs.store(group="schema/schedule", name="low_confidence", node=LowConfidenceConfig)
-    cs.store(group="schema/evaluator", name="base", node=EvaluatorConfig)
-    cs.store(group="schema/evaluator", name="lmunit", node=LMUnitConfig)
-    cs.store(group="schema/evaluator", name="reward", node=HeldOutRewardConfig)
-    cs.store(group="schema/evaluator", name="oracle", node=ToyOracleConfig)
     _register_arms(cs)
     # The random worlds (format tests, perf-mid) and the trained toy world (experiment=tiny).
     OmegaConf.register_new_resolver("entrgi.random_world", _random_world_path, replace=True)

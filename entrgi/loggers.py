@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entrgi.schemas import schema
 from entrgi.validation import one_of
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,13 @@ class NullLogger:
         """Close the run; `summary` holds the final numbers when the job completed."""
 
 
+@schema("logger", "none")
+@dataclass
+class NullLoggerConfig:
+    _target_: str = "entrgi.loggers.NullLogger"
+
+
+@schema("logger")
 @dataclass
 class WandbLoggerConfig:
     _target_: str = "entrgi.loggers.WandbLogger"

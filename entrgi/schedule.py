@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from entrgi.schemas import schema
 from entrgi.noise import Stream, TrajectoryNoise
 from entrgi.validation import ConfigError, one_of, ranged
 
@@ -20,6 +21,7 @@ from entrgi.validation import ConfigError, one_of, ranged
 _EOS_CONFIDENCE = torch.finfo(torch.float32).min / 4
 
 
+@schema("schedule")
 @dataclass
 class ScheduleConfig:
     """Fields shared by every unmasking rule (the `schedule` config group)."""
@@ -34,6 +36,7 @@ class ScheduleConfig:
     order_from: str = one_of("unguided", "unguided", "guided")
 
 
+@schema("schedule", "low_confidence")
 @dataclass
 class LowConfidenceConfig(ScheduleConfig):
     """LLaDA's semi-autoregressive blocks."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -54,6 +55,19 @@ class OneOf:
         return "one of " + ", ".join(repr(v) for v in self.values)
 
 
+@dataclass(frozen=True)
+class Registered:
+    """A name looked up in a registry when the config is checked, so entries added later count too."""
+
+    registry: Mapping[str, Any]
+
+    def accepts(self, value: Any) -> bool:
+        return value in self.registry
+
+    def describe(self) -> str:
+        return "one of the registered names " + ", ".join(repr(v) for v in self.registry)
+
+
 def ranged(default: Any, *, low=None, high=None, low_open=False, high_open=False, optional=False):
     """A dataclass field whose value must lie in a range (None allowed when `optional`)."""
     return field(default=default, metadata={_CHECK: Range(low, high, low_open, high_open), "optional": optional})
@@ -62,6 +76,11 @@ def ranged(default: Any, *, low=None, high=None, low_open=False, high_open=False
 def one_of(default: Any, *values: Any):
     """A dataclass field whose value must be one of `values`."""
     return field(default=default, metadata={_CHECK: OneOf(tuple(values))})
+
+
+def registered(default: str, registry: Mapping[str, Any]):
+    """A dataclass field whose value must be a key of `registry` at validation time."""
+    return field(default=default, metadata={_CHECK: Registered(registry)})
 
 
 def validate(cfg: DictConfig, prefix: str = "") -> None:

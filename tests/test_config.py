@@ -101,6 +101,7 @@ BAD_VALUES = [
     ("reward.dtype=int4", "reward.dtype"),
     ("reward.batch_size=0", "reward.batch_size"),
     ("benchmark.n_prompts=0", "benchmark.n_prompts"),
+    ("guidance.rule=bogus", "guidance.rule"),
 ]
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hydra.utils import instantiate
+
 from entrgi.guidance import NoGuidance, RewardGradientGuidance
+from entrgi.guidance.mix import WEIGHT_RULES, weight_rule
 from entrgi.sampler import DiffusionSampler
 from entrgi.schedule import EntropySchedule
 
@@ -121,3 +124,27 @@ def test_guided_job_writes_steps_histogram_and_summary(compose, tmp_path, method
     masked_total = sum(row["masked"] for row in steps) * 2 * cfg.sampler.num_samples  # mean per traj × trajectories
     assert sum(map(sum, histogram["counts"])) == pytest.approx(masked_total * cfg.guidance.M)
     assert summary["guidance"] == method and {"E_mean", "D_mean", "entropy_mean", "vocab_coverage"} <= summary.keys()
+
+
+@pytest.fixture
+def half_rule():
+    """A weight rule registered from outside the package: w ≡ 0.5 (halfway between soft and APS)."""
+
+    @weight_rule("half-test")
+    def half(logits, entropy_nats):
+        return torch.full(logits.shape[:-1], 0.5, device=logits.device)
+
+    yield "half-test"
+    del WEIGHT_RULES["half-test"]
+
+
+def test_a_rule_registered_outside_the_package_is_a_guidance_rule(compose, random_model, random_reward, half_rule):
+    """One decorated function is all a new weight rule needs: `guidance.rule=<name>` validates and runs."""
+    from entrgi.validation import validate
+
+    cfg = compose(["guidance=entrgi", f"guidance.rule={half_rule}", "guidance.M=1"])
+    validate(cfg)
+    guidance = instantiate(cfg.guidance, model=random_model, reward=random_reward)
+    sampler = DiffusionSampler(random_model, EntropySchedule(steps=2), guidance, num_samples=2, max_new_tokens=4)
+    steps = sampler.generate(PROMPTS[:1], IDS[:1], seed=0).steps
+    assert [row["w_mean"] for row in steps] == [pytest.approx(0.5), pytest.approx(0.5)]

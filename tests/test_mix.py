@@ -9,7 +9,6 @@ import torch
 
 from entrgi.guidance.mix import (
     MixOutput,
-    MixRule,
     entropy,
     entropy_weight,
     mix_weight,
@@ -82,9 +81,28 @@ def test_mix_weight_rules() -> None:
     phi = PROBS.log().expand(2, 3, 4)
     assert torch.equal(mix_weight("soft", phi), torch.zeros(2, 3))
     assert torch.equal(mix_weight("aps", phi), torch.ones(2, 3))
-    assert torch.allclose(mix_weight(MixRule.ENTRGI, phi), torch.full((2, 3), 0.875))
+    assert torch.allclose(mix_weight("entrgi", phi), torch.full((2, 3), 0.875))
     given = mix_weight("entrgi", phi, entropy_nats=entropy(phi))
     assert torch.allclose(given, torch.full((2, 3), 0.875))
+
+
+def test_weight_rules_register_by_name() -> None:
+    """A decorated function becomes a rule of mix_weight; a second function under a taken name is refused."""
+    from entrgi.guidance.mix import WEIGHT_RULES, weight_rule
+
+    assert list(WEIGHT_RULES)[:3] == ["soft", "aps", "entrgi"]
+    phi = PROBS.log().expand(2, 3, 4)
+
+    @weight_rule("quarter-test")
+    def quarter(logits, entropy_nats):
+        return entropy_nats / 4
+
+    try:
+        assert torch.allclose(mix_weight("quarter-test", phi), entropy(phi) / 4)
+        with pytest.raises(ValueError, match="'soft' is registered twice"):
+            weight_rule("soft")(quarter)
+    finally:
+        del WEIGHT_RULES["quarter-test"]
 
 
 def test_mix_weight_unknown_rule() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from entrgi.schemas import schema
 from entrgi.validation import ConfigError, one_of
 
 RESPONSES = ("top1", "all")
@@ -33,6 +34,7 @@ class Judgement:
     details: dict[str, Any] = field(default_factory=dict)  # e.g. per-unit-test scores
 
 
+@schema("evaluator")
 @dataclass
 class EvaluatorConfig:
     """The fields every option of the `evaluator` group has; options add their own."""

@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from entrgi.schemas import schema
 from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
 from entrgi.evaluators.greedy import GreedyOutput, open_backend
@@ -35,6 +36,7 @@ UNIT_TESTS = (
 SCORE_KEY = "score"
 
 
+@schema("evaluator", "lmunit")
 @dataclass
 class LMUnitConfig(EvaluatorConfig):
     """The `evaluator=lmunit` options (the judge model and how it is served)."""

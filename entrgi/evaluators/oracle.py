@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from entrgi.schemas import schema
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
 from entrgi.toy.oracle import oracle
 from entrgi.validation import ConfigError, one_of
 
 
+@schema("evaluator", "oracle")
 @dataclass
 class ToyOracleConfig(EvaluatorConfig):
     """`evaluator=oracle`: every response by default, so both Top@1 and Avg@K get their true score."""

@@ -12,10 +12,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from entrgi.schemas import schema
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement, release_memory
 from entrgi.rewards import RewardModel, RewardModelConfig
 
 
+@schema("evaluator", "reward")
 @dataclass
 class HeldOutRewardConfig(EvaluatorConfig):
     """The `evaluator=reward` options: `model` is a `reward` group option (default Skywork 8B)."""

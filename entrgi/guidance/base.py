@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from entrgi.schemas import schema
 from entrgi.noise import TrajectoryNoise
 
 
@@ -49,6 +50,7 @@ class Steered:
     stats: dict[str, torch.Tensor]
 
 
+@schema("guidance")
 @dataclass
 class GuidanceConfig:
     """The `guidance` config group; methods add their own fields."""

@@ -8,37 +8,67 @@ code path: the RM input is ê = ẽ + sg(w·(ē − ẽ)) with a per-position we
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "WEIGHT_RULES",
     "MixOutput",
-    "MixRule",
     "entropy",
     "entropy_weight",
     "mix_weight",
     "relaxed_embeddings",
+    "weight_rule",
 ]
 
 
-class MixRule(str, Enum):
-    """Which weight w bridges soft (ẽ) and hard (ē) embeddings; the value is the CLI name."""
+# A weight rule maps the untempered logits φ [..., V] (and their entropy H [...] in nats) to the
+# per-position weight w [...] in [0, 1], float32 and detached. Registered by name: the name is the
+# value of `guidance.rule`, so a new rule is one decorated function plus one YAML file.
+WeightRule = Callable[[Tensor, Tensor], Tensor]
+WEIGHT_RULES: dict[str, WeightRule] = {}
 
-    SOFT = "soft"  # w ≡ 0: continuous relaxation, exact gradient, off-distribution input
-    APS = "aps"  # w ≡ 1: straight-through, real tokens, gradient taken elsewhere
-    ENTRGI = "entrgi"  # w = H / log V: the paper's entropy-aware interpolation
 
-    @classmethod
-    def parse(cls, rule: str | MixRule) -> MixRule:
-        """Accept the enum or its string name; fail loudly with the allowed names."""
-        try:
-            return cls(rule)
-        except ValueError:
-            allowed = ", ".join(repr(r.value) for r in cls)
-            raise ValueError(f"unknown mix rule {rule!r}; allowed: {allowed}") from None
+def weight_rule(name: str) -> Callable[[WeightRule], WeightRule]:
+    """Register `fn(logits, entropy_nats) -> w` as the weight rule `name` (usable as `guidance.rule=name`)."""
+
+    def register(fn: WeightRule) -> WeightRule:
+        if name in WEIGHT_RULES and WEIGHT_RULES[name] is not fn:
+            raise ValueError(f"weight rule {name!r} is registered twice")
+        WEIGHT_RULES[name] = fn
+        return fn
+
+    return register
+
+
+@weight_rule("soft")
+def soft_weight(logits: Tensor, entropy_nats: Tensor) -> Tensor:
+    """w ≡ 0: continuous relaxation, exact gradient, off-distribution input."""
+    return torch.zeros(logits.shape[:-1], dtype=torch.float32, device=logits.device)
+
+
+@weight_rule("aps")
+def aps_weight(logits: Tensor, entropy_nats: Tensor) -> Tensor:
+    """w ≡ 1: straight-through, real tokens, gradient taken elsewhere."""
+    return torch.ones(logits.shape[:-1], dtype=torch.float32, device=logits.device)
+
+
+@weight_rule("entrgi")
+def entrgi_weight(logits: Tensor, entropy_nats: Tensor) -> Tensor:
+    """w = H / log V: the paper's entropy-aware interpolation."""
+    return _normalise_entropy(entropy_nats.detach().float(), logits.shape[-1])
+
+
+def lookup_rule(rule: str) -> WeightRule:
+    """The registered weight rule `rule`; fail loudly with the allowed names."""
+    try:
+        return WEIGHT_RULES[rule]
+    except KeyError:
+        allowed = ", ".join(repr(r) for r in WEIGHT_RULES)
+        raise ValueError(f"unknown mix rule {rule!r}; allowed: {allowed}") from None
 
 
 @dataclass(frozen=True)
@@ -83,22 +113,14 @@ def entropy_weight(logits: Tensor) -> Tensor:
     return _normalise_entropy(entropy(logits), logits.shape[-1])
 
 
-def mix_weight(
-    rule: str | MixRule, logits: Tensor, *, entropy_nats: Tensor | None = None
-) -> Tensor:
-    """Per-position weight w [logits.shape[:-1]] for `rule`, float32 and detached.
+def mix_weight(rule: str, logits: Tensor, *, entropy_nats: Tensor | None = None) -> Tensor:
+    """Per-position weight w [logits.shape[:-1]] of the registered weight rule `rule`, float32 and detached.
 
     Pass `entropy_nats` (of the untempered logits) when already computed, to skip a softmax.
+    Raises ValueError for a rule that is not registered.
     """
-    parsed = MixRule.parse(rule)
-    shape = logits.shape[:-1]
-    if parsed is MixRule.SOFT:
-        return torch.zeros(shape, dtype=torch.float32, device=logits.device)
-    if parsed is MixRule.APS:
-        return torch.ones(shape, dtype=torch.float32, device=logits.device)
-    if entropy_nats is None:
-        return entropy_weight(logits)
-    return _normalise_entropy(entropy_nats.detach().float(), logits.shape[-1])
+    fn = lookup_rule(rule)
+    return fn(logits, entropy(logits) if entropy_nats is None else entropy_nats)
 
 
 def relaxed_embeddings(

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
+from entrgi.schemas import schema
 from entrgi.categorical import sample_nucleus
 from entrgi.guidance.base import Guidance, GuidanceConfig, GuidanceContext, Steered
-from entrgi.guidance.mix import MixRule, entropy, mix_weight, relaxed_embeddings
+from entrgi.guidance.mix import WEIGHT_RULES, entropy, lookup_rule, mix_weight, relaxed_embeddings
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
 from entrgi.rewards import RewardModel
 from entrgi.rewards.vocab_bridge import build_vocab_bridge
-from entrgi.validation import ConfigError, one_of, ranged
+from entrgi.validation import ConfigError, one_of, ranged, registered
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,14 @@ _OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 HISTOGRAM_BINS = 40
 
 
+@schema("guidance", "reward_gradient")
 @dataclass
 class RewardGradientConfig(GuidanceConfig):
     """The `guidance` group options soft, aps and entrgi."""
 
     _target_: str = "entrgi.guidance.RewardGradientGuidance"
-    rule: str = one_of("entrgi", *(r.value for r in MixRule))
+    # A weight rule registered with `entrgi.guidance.mix.weight_rule` (soft, aps, entrgi built in).
+    rule: str = registered("entrgi", WEIGHT_RULES)
     M: int = ranged(3, low=1)
     eta: float = ranged(0.5, low=0.0, low_open=True)
     optimizer: str = one_of("adam", *_OPTIMIZERS)
@@ -52,7 +55,7 @@ class RewardGradientGuidance(Guidance):
     """Optimise the masked logits against a frozen reward model.
 
     Args:
-        rule: soft (w = 0), aps (w = 1) or entrgi (w = normalised entropy).
+        rule: a registered weight rule: soft (w = 0), aps (w = 1), entrgi (w = normalised entropy), …
         M, eta, optimizer: gradient steps per guided denoising step, learning rate, optimiser.
         every: guide denoising steps 0, every, 2·every, ... (1 = all, as in the paper).
         keep: return the last iterate (the reference, unscored) or, per trajectory, the iterate
@@ -88,7 +91,8 @@ class RewardGradientGuidance(Guidance):
                 f"and reward.device={reward.device}"
             )
         self.reward = reward
-        self.rule = MixRule.parse(rule)
+        lookup_rule(rule)  # unknown names fail here, before any model work
+        self.rule = rule
         self.M, self.eta, self.optimizer_cls = M, eta, _OPTIMIZERS[optimizer]
         self.every, self.keep, self.focus_margin, self.eos_mask_from = every, keep, focus_margin, eos_mask_from
         self.temperature, self.top_p = temperature, top_p

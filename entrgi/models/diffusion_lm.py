@@ -17,6 +17,7 @@ import transformers
 from omegaconf import MISSING
 from transformers.masking_utils import create_bidirectional_mask
 
+from entrgi.schemas import schema
 from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
 from entrgi.validation import one_of
 
@@ -24,6 +25,7 @@ from entrgi.validation import one_of
 _REMOTE_CONFIG_KEYS = ("model_type", "auto_map", "architectures", "transformers_version")
 
 
+@schema("model")
 @dataclass
 class DiffusionLMConfig:
     """The `model` config group."""
