@@ -56,60 +56,38 @@ class BenchmarkConfig:
 
 
 class DatasetBenchmark:
-    """Prompts from a Hub dataset id, a local dataset folder, or a JSON/JSONL/parquet/CSV file.
+    """Prompts from a Hub dataset id, a local dataset folder, or a JSON/JSONL/parquet/CSV file,
+    as its `BenchmarkConfig` says.
 
     Loading goes through `datasets`, so Hub ids use its cache and honour HF_DATASETS_OFFLINE.
     Rows without an id field are named `{split}-{row index}`.
     """
 
-    def __init__(
-        self,
-        name: str,
-        path: str,
-        split: str = "train",
-        prompt_field: str = "prompt",
-        category_field: str | None = None,
-        id_field: str | None = None,
-        categories: list[str] | tuple[str, ...] = (),
-        n_prompts: int | None = None,
-        slice_seed: int = 0,
-        shard: int = 0,
-        num_shards: int = 1,
-    ):
-        self.name = name
-        self.path = path
-        self.split = split
-        self.prompt_field = prompt_field
-        self.category_field = category_field
-        self.id_field = id_field
-        self.categories = list(categories)
-        self.n_prompts = n_prompts
-        self.slice_seed = slice_seed
-        self.shard = shard
-        self.num_shards = num_shards
+    def __init__(self, config: BenchmarkConfig):
+        self.config = config
 
     def _load_rows(self):
         import datasets  # imported here: it is slow to import and only needed at load time
 
-        local = Path(self.path).expanduser()
+        local = Path(self.config.path).expanduser()
         if local.is_file() and local.suffix.lower() in _FILE_BUILDERS:
             return datasets.load_dataset(_FILE_BUILDERS[local.suffix.lower()], data_files=str(local), split="train")
         if local.is_dir():
-            return datasets.load_dataset(str(local), split=self.split)
+            return datasets.load_dataset(str(local), split=self.config.split)
         hint = (
             f"point benchmark.path at a local copy (a dataset folder or a .jsonl/.json/.parquet/.csv file "
-            f"with field {self.prompt_field!r}), or run the offline tiny setup with experiment=tiny"
+            f"with field {self.config.prompt_field!r}), or run the offline tiny setup with experiment=tiny"
         )
         if not datasets.config.HF_HUB_OFFLINE and not hub_reachable():
             raise DatasetUnavailable(
-                f"benchmark.path={self.path!r}: the Hugging Face Hub is unreachable; set HF_DATASETS_OFFLINE=1 "
+                f"benchmark.path={self.config.path!r}: the Hugging Face Hub is unreachable; set HF_DATASETS_OFFLINE=1 "
                 f"to use a cached copy, or {hint}"
             )
         try:
-            return datasets.load_dataset(self.path, split=self.split)
+            return datasets.load_dataset(self.config.path, split=self.config.split)
         except (ConnectionError, FileNotFoundError) as error:
             raise DatasetUnavailable(
-                f"benchmark.path={self.path!r} split {self.split!r} is not in the datasets cache "
+                f"benchmark.path={self.config.path!r} split {self.config.split!r} is not in the datasets cache "
                 f"({type(error).__name__}); {hint}"
             ) from None
 
@@ -123,33 +101,34 @@ class DatasetBenchmark:
         Strided rather than contiguous so every shard gets a similar mix of categories and
         prompt lengths; sizes differ by at most one.
         """
-        if not 0 <= self.shard < self.num_shards:
+        shard, num_shards = self.config.shard, self.config.num_shards
+        if not 0 <= shard < num_shards:
             raise ConfigError(
-                f"benchmark.shard={self.shard} is not allowed: expected a value in [0, {self.num_shards - 1}] "
-                f"(benchmark.num_shards={self.num_shards})"
+                f"benchmark.shard={shard} is not allowed: expected a value in [0, {num_shards - 1}] "
+                f"(benchmark.num_shards={num_shards})"
             )
-        if self.num_shards > len(prompts):
+        if num_shards > len(prompts):
             raise ConfigError(
-                f"benchmark.num_shards={self.num_shards} is not allowed: the slice has only {len(prompts)} prompts"
+                f"benchmark.num_shards={num_shards} is not allowed: the slice has only {len(prompts)} prompts"
             )
-        return prompts[self.shard :: self.num_shards]
+        return prompts[shard::num_shards]
 
     def slice(self) -> list[Prompt]:
         """The slice: category filter, empty and duplicate prompts dropped, then n_prompts drawn."""
         rows = self._load_rows()
-        for key in (self.prompt_field, self.category_field, self.id_field):
+        for key in (self.config.prompt_field, self.config.category_field, self.config.id_field):
             if key is not None and key not in rows.column_names:
                 raise KeyError(
-                    f"benchmark field {key!r} not in {self.path} (columns: {', '.join(rows.column_names)})"
+                    f"benchmark field {key!r} not in {self.config.path} (columns: {', '.join(rows.column_names)})"
                 )
-        wanted = set(self.categories)
+        wanted = set(self.config.categories)
         seen: set[str] = set()
         kept, empty, duplicate = [], 0, 0
         for index, row in enumerate(rows):
-            category = str(row[self.category_field]) if self.category_field else None
+            category = str(row[self.config.category_field]) if self.config.category_field else None
             if wanted and category not in wanted:
                 continue
-            text = row[self.prompt_field]
+            text = row[self.config.prompt_field]
             if not isinstance(text, str) or not text.strip():
                 empty += 1
                 continue
@@ -157,13 +136,13 @@ class DatasetBenchmark:
                 duplicate += 1
                 continue
             seen.add(text)
-            pid = str(row[self.id_field]) if self.id_field else f"{self.split}-{index}"
+            pid = str(row[self.config.id_field]) if self.config.id_field else f"{self.config.split}-{index}"
             kept.append(Prompt(id=pid, text=text, category=category))
         if empty or duplicate:
-            log.warning("benchmark %s: dropped %d empty and %d duplicate prompts", self.name, empty, duplicate)
-        if self.n_prompts is not None and self.n_prompts < len(kept):
-            chosen = sorted(random.Random(self.slice_seed).sample(range(len(kept)), self.n_prompts))
+            log.warning("benchmark %s: dropped %d empty and %d duplicate prompts", self.config.name, empty, duplicate)
+        if self.config.n_prompts is not None and self.config.n_prompts < len(kept):
+            chosen = sorted(random.Random(self.config.slice_seed).sample(range(len(kept)), self.config.n_prompts))
             kept = [kept[i] for i in chosen]
         if not kept:
-            raise ValueError(f"benchmark {self.name}: no prompts left after filtering {self.path}")
+            raise ValueError(f"benchmark {self.config.name}: no prompts left after filtering {self.config.path}")
         return kept

@@ -27,10 +27,10 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
+from entrgi.components import build
 from entrgi.weights import ResourceUnavailable
 from entrgi.evaluators.judging import Judged, apply_evaluators, finished_runs
 from entrgi.evaluators.scores import field_key
@@ -96,7 +96,7 @@ def _log(logger_cfg: DictConfig, run: Run, judged: Judged) -> None:
     """Add the judges' results to the run's own W&B run (or a new one, grouped with it)."""
     if "group" in logger_cfg:
         logger_cfg = OmegaConf.merge(logger_cfg, {"group": run.method})
-    logger = instantiate(logger_cfg)
+    logger = build(logger_cfg)
     logger.start(run.config, run.path, name=f"{run.method}-seed{run.seed}", resume_id=wandb_run_id(run.path))
     completed = False
     try:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from entrgi.benchmarks import Prompt
+from entrgi.components import build
 from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
@@ -59,7 +60,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run (or resume, or just report) the job `cfg` describes; returns the summary written to summary.json."""
     validate(cfg)
     evaluator_configs(cfg.evaluator)  # two judges with one name: refused before anything runs
-    schedule = instantiate(cfg.schedule)
+    schedule = build(cfg.schedule)
     schedule.check_length(cfg.sampler.max_new_tokens)
     run_dir = RunDirectory(output_dir)
     with run_dir.lock():
@@ -82,7 +83,7 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     resolve_checkpoint(cfg.reward.path, "reward.path")
     locate_weights(evaluator_configs(cfg.evaluator))
 
-    benchmark = instantiate(cfg.benchmark)
+    benchmark = build(cfg.benchmark)
     whole = benchmark.slice()
     prompts: list[Prompt] = benchmark.shard_of(whole)
     done = run_dir.resume([p.id for p in prompts])
@@ -100,9 +101,9 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
 
     model = instantiate(cfg.model)
     reward: RewardModel = instantiate(cfg.reward)
-    guidance = instantiate(cfg.guidance, model=model, reward=reward)
-    sampler = DiffusionSampler.from_config(model, schedule, guidance, cfg.sampler)
-    logger = instantiate(cfg.logger)
+    guidance = build(cfg.guidance, model=model, reward=reward)
+    sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
+    logger = build(cfg.logger)
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
     summary, completed = None, False
     try:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 class NullLogger:
     """Logs nothing."""
 
+    def __init__(self, config: Any = None):
+        self.config = config
+
     def start(self, config: dict[str, Any], output_dir: Path, name: str, resume_id: str | None = None) -> None:
         """Open the run (`resume_id`: add to the run with that id)."""
 
@@ -126,8 +129,8 @@ class WandbLogger(NullLogger):
     SAMPLE_COLUMNS = ["prompt_id", "category", "prompt", "best_response", "best_reward", "avgk"]
     JUDGEMENT_COLUMNS = ["prompt_id", "prompt", "best_response", "score", "avgk_score", "failures", "details"]
 
-    def __init__(self, project="entrgi", entity=None, group=None, tags=(), mode="auto"):
-        self.project, self.entity, self.group, self.tags, self.mode = project, entity, group, list(tags), mode
+    def __init__(self, config: WandbLoggerConfig):
+        super().__init__(config)
         self.run = None
         self.output_dir: Path | None = None
         self._samples: list[dict[str, Any]] = []
@@ -135,8 +138,8 @@ class WandbLogger(NullLogger):
         self._steps_logged = 0
 
     def resolved_mode(self) -> str:
-        if self.mode != "auto":
-            return self.mode
+        if self.config.mode != "auto":
+            return self.config.mode
         return os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
 
     def start(self, config, output_dir, name, resume_id=None):
@@ -145,7 +148,8 @@ class WandbLogger(NullLogger):
         self.output_dir = Path(output_dir)
         self._samples, self._judged, self._steps_logged = [], {}, 0
         self.run = wandb.init(
-            project=self.project, entity=self.entity, group=self.group, tags=self.tags, name=name,
+            project=self.config.project, entity=self.config.entity, group=self.config.group,
+            tags=list(self.config.tags), name=name,
             config=config, dir=str(output_dir), mode=self.resolved_mode(), id=resume_id,
             resume="allow" if resume_id else None,
         )

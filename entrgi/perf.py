@@ -26,9 +26,10 @@ import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
+from entrgi.components import build
 from entrgi.noise import TrajectoryNoise
 from entrgi.sampler import DiffusionSampler
 from entrgi.validation import validate
@@ -94,10 +95,10 @@ def instrument(model, reward, clock: Clock) -> None:
 
 def measure(cfg: DictConfig, model, reward, repeats: int, warmup: int) -> dict[str, Any]:
     """Seconds per denoising step by part (medians over repeats) for the guidance in `cfg`."""
-    schedule = instantiate(cfg.schedule)
-    guidance = instantiate(cfg.guidance, model=model, reward=reward)
-    sampler = DiffusionSampler.from_config(model, schedule, guidance, cfg.sampler)
-    prompts = instantiate(cfg.benchmark).prompts()[: cfg.sampler.batch_size]
+    schedule = build(cfg.schedule)
+    guidance = build(cfg.guidance, model=model, reward=reward)
+    sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
+    prompts = build(cfg.benchmark).prompts()[: cfg.sampler.batch_size]
     texts, ids = [p.text for p in prompts], [p.id for p in prompts]
     clock = Clock(model.device)
     instrument(model, reward, clock)

@@ -41,36 +41,21 @@ class Generation:
 
 
 class DiffusionSampler:
-    """Denoise a fully masked response region for every (prompt, sample) trajectory."""
+    """Denoise a fully masked response region for every (prompt, sample) trajectory.
 
-    def __init__(
-        self,
-        model: DiffusionLM,
-        schedule: UnmaskSchedule,
-        guidance: Guidance,
-        num_samples: int = 4,
-        max_new_tokens: int = 128,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-    ):
+    Built from the `sampler` section of a run config (`batch_size` is the runner's business) and
+    the model, schedule and guidance it runs.
+    """
+
+    def __init__(self, config: SamplerConfig, *, model: DiffusionLM, schedule: UnmaskSchedule, guidance: Guidance):
+        self.config = config
         self.model = model
         self.schedule = schedule
         self.guidance = guidance
-        self.num_samples = num_samples
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        schedule.check_length(max_new_tokens)
+        self.num_samples, self.max_new_tokens = config.num_samples, config.max_new_tokens
+        schedule.check_length(config.max_new_tokens)
         # Computed once on the host: reading counts inside the loop would wait on the device.
-        self.plan = schedule.planned_counts(max_new_tokens) or [None] * schedule.steps
-
-    @classmethod
-    def from_config(cls, model, schedule, guidance, sampler) -> DiffusionSampler:
-        """Build from the `sampler` section of a run config (batch_size is the runner's business)."""
-        return cls(
-            model, schedule, guidance, num_samples=sampler.num_samples, max_new_tokens=sampler.max_new_tokens,
-            temperature=sampler.temperature, top_p=sampler.top_p,
-        )
+        self.plan = schedule.planned_counts(config.max_new_tokens) or [None] * schedule.steps
 
     def build_canvas(self, prompt_token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompts, each repeated K times, followed by L masks; and the key mask."""
@@ -111,13 +96,14 @@ class DiffusionSampler:
             steered = self.guidance.steer(logits, context)
             positions = context.positions
             rows = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-            scaled = steered.logits.gather(1, rows) / self.temperature
+            scaled = steered.logits.gather(1, rows) / self.config.temperature
             scaled[..., self.model.mask_token_id] = float("-inf")  # committing <mask> would re-mask
             uniforms = noise.uniform(Stream.COMMIT_TOKEN, step, length).gather(1, positions)
-            drawn = sample_nucleus(scaled, uniforms, self.top_p)
+            drawn = sample_nucleus(scaled, uniforms, self.config.top_p)
             tokens = response.scatter(1, positions, drawn)
-            order_logits = (logits if self.schedule.order_from == "unguided" else steered.logits).gather(1, rows)
-            order_probs = torch.softmax(order_logits / self.schedule.confidence_temperature(self.temperature), dim=-1)
+            ranked = logits if self.schedule.config.order_from == "unguided" else steered.logits
+            order_logits = ranked.gather(1, rows)
+            order_probs = torch.softmax(order_logits / self.schedule.confidence_temperature(self.config.temperature), dim=-1)
             commit = self.schedule.commit_mask(
                 masked, tokens, order_probs, step, noise, self.model.eos_token_id, positions
             )

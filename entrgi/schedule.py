@@ -48,21 +48,11 @@ class LowConfidenceConfig(ScheduleConfig):
 class UnmaskSchedule:
     """Commit a number of masked positions per step, chosen by confidence."""
 
-    def __init__(
-        self,
-        steps: int = 128,
-        eps: float = 1e-3,
-        alg_temp: float = 0.0,
-        deprioritize_eos: bool = True,
-        order_from: str = "unguided",
-    ):
-        self.steps = steps
-        self.eps = eps
-        self.alg_temp = alg_temp
-        self.deprioritize_eos = deprioritize_eos
-        self.order_from = order_from
+    def __init__(self, config: ScheduleConfig):
+        self.config = config
+        self.steps = steps = config.steps
         # Plain floats, computed once: reading them in the loop costs no device sync.
-        self.grid = [1.0 + (eps - 1.0) * i / steps for i in range(steps + 1)]
+        self.grid = [1.0 + (config.eps - 1.0) * i / steps for i in range(steps + 1)]
 
     def confidence(self, probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Per-position confidence [N, L] from the ordering distribution [N, L, V]; higher first."""
@@ -124,9 +114,9 @@ class UnmaskSchedule:
         else:
             at = self.confidence(order_probs, tokens.gather(1, positions)).to(torch.float32)
             score = torch.full(masked.shape, float("-inf"), device=at.device).scatter(1, positions, at)
-        if self.alg_temp > 0:  # sampling without replacement from softmax(score / alg_temp)
-            score = score / self.alg_temp + noise.gumbel(Stream.ORDER, step, score.shape[-1])
-        if self.deprioritize_eos:
+        if self.config.alg_temp > 0:  # sampling without replacement from softmax(score / alg_temp)
+            score = score / self.config.alg_temp + noise.gumbel(Stream.ORDER, step, score.shape[-1])
+        if self.config.deprioritize_eos:
             score = torch.where(tokens == eos_token_id, torch.full_like(score, _EOS_CONFIDENCE), score)
         score = torch.where(candidates, score, torch.full_like(score, float("-inf")))
         order = score.argsort(dim=-1, descending=True, stable=True)
@@ -180,15 +170,11 @@ class LowConfidenceSchedule(MaskGitPlusSchedule):
     first steps taking the remainder. Counts are fixed in advance, as in LLaDA.
     """
 
-    def __init__(self, block_length: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.block_length = block_length
-
     def confidence_temperature(self, temperature):
         return 1.0  # LLaDA ranks by the untempered softmax of the logits
 
     def check_length(self, length: int) -> None:
-        block = self.block_length or length
+        block = self.config.block_length or length
         if length % block:
             raise ConfigError(f"schedule.block_length={block} does not divide sampler.max_new_tokens={length}")
         if self.steps % (length // block):
@@ -199,7 +185,7 @@ class LowConfidenceSchedule(MaskGitPlusSchedule):
 
     def _block(self, length: int, step: int) -> tuple[int, int, int, int]:
         """(block start, block size, step within the block, steps per block)."""
-        block = self.block_length or length
+        block = self.config.block_length or length
         steps_per_block = self.steps // (length // block)
         return (step // steps_per_block) * block, block, step % steps_per_block, steps_per_block
 

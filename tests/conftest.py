@@ -32,6 +32,13 @@ def expected_commit_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list
     return counts
 
 
+def guidance_config(**options):
+    """A RewardGradientConfig built in Python: τ and top-p as the sampler's defaults (no run config to read)."""
+    from entrgi.guidance import RewardGradientConfig
+
+    return RewardGradientConfig(**{"temperature": 0.7, "top_p": 0.95, **options})
+
+
 def pytest_sessionfinish(session, exitstatus):
     """A run that collected no test is a failure for CI, not a success."""
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:

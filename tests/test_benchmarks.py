@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra.utils import instantiate
 
-from entrgi.benchmarks import DatasetBenchmark
+from entrgi.benchmarks import BenchmarkConfig, DatasetBenchmark
+from entrgi.components import build
 
 # Row index -> (prompt, category). Row 2 is empty, row 5 blank, row 4 repeats row 0's prompt.
 ROWS = [
@@ -39,7 +39,7 @@ def prompts_file(tmp_path):
 
 
 def _bench(path, **kw) -> DatasetBenchmark:
-    return DatasetBenchmark(name="local", path=str(path), prompt_field="text", **kw)
+    return DatasetBenchmark(BenchmarkConfig(name="local", path=str(path), prompt_field="text", **kw))
 
 
 def test_empty_and_duplicate_prompts_are_dropped_and_ids_name_file_rows(prompts_file):
@@ -83,7 +83,7 @@ def test_category_filter_keeps_ids(prompts_file):
 @pytest.mark.parametrize("field", ["prompt_field", "category_field", "id_field"])
 def test_a_wrong_field_names_it(prompts_file, field):
     kw = {"prompt_field": "text", field: "questionn"}
-    bench = DatasetBenchmark(name="local", path=str(prompts_file), **kw)
+    bench = DatasetBenchmark(BenchmarkConfig(name="local", path=str(prompts_file), **kw))
     with pytest.raises(KeyError, match="questionn") as info:
         bench.prompts()
     assert "text" in str(info.value)  # lists the columns there are
@@ -108,15 +108,15 @@ def test_prompts_group_slice_ignores_everything_but_the_benchmark(compose, promp
     """benchmark=prompts through Hydra: the slice depends on (n_prompts, slice_seed) only."""
     common = ["benchmark=prompts", f"benchmark.path='{prompts_file}'", "benchmark.prompt_field=text",
               "benchmark.n_prompts=3"]
-    reference = instantiate(compose(common).benchmark).prompts()
+    reference = build(compose(common).benchmark).prompts()
     assert len(reference) == 3
     for extra in (["seed=7"], ["guidance=none", "schedule=origin", "sampler.num_samples=2"], ["model=tiny"]):
-        assert instantiate(compose(common + extra).benchmark).prompts() == reference, extra
-    other = [instantiate(compose(common + [f"benchmark.slice_seed={s}"]).benchmark).prompts() for s in (1, 2, 3)]
+        assert build(compose(common + extra).benchmark).prompts() == reference, extra
+    other = [build(compose(common + [f"benchmark.slice_seed={s}"]).benchmark).prompts() for s in (1, 2, 3)]
     assert any(o != reference for o in other)
 
 
 def test_tiny_benchmark(compose):
-    prompts = instantiate(compose(["experiment=tiny"]).benchmark).prompts()
+    prompts = build(compose(["experiment=tiny"]).benchmark).prompts()
     assert [p.id for p in prompts] == [f"tiny-{i}" for i in range(32)]
     assert prompts[0].text == "Describe a grey frog that sleeps by the field." and prompts[0].category == "full"

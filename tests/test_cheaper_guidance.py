@@ -12,16 +12,21 @@ import torch
 from entrgi.guidance import NoGuidance, RewardGradientGuidance
 from entrgi.sampler import DiffusionSampler
 from entrgi.schedule import EntropySchedule, LowConfidenceSchedule, MaskGitPlusSchedule, OriginSchedule
+from entrgi.schedule import ScheduleConfig
+from entrgi.schedule import LowConfidenceConfig
+from entrgi.sampler import SamplerConfig
+from conftest import guidance_config
 
 PROMPTS = ["Describe the small cat.", "Why is the robot happy?"]
 IDS = ["p0", "p1"]
 
 
-@pytest.mark.parametrize("schedule", [EntropySchedule(steps=5), MaskGitPlusSchedule(steps=3, alg_temp=0.3),
-                                      LowConfidenceSchedule(steps=6, block_length=4)])
+@pytest.mark.parametrize("schedule", [EntropySchedule(ScheduleConfig(steps=5)),
+                                      MaskGitPlusSchedule(ScheduleConfig(steps=3, alg_temp=0.3)),
+                                      LowConfidenceSchedule(LowConfidenceConfig(steps=6, block_length=4))])
 def test_planned_counts_match_what_the_sampler_does(random_model, schedule):
-    sampler = DiffusionSampler(random_model, schedule, NoGuidance(), num_samples=2,
-                               max_new_tokens=12)
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=12), model=random_model, schedule=schedule,
+                               guidance=NoGuidance())
     steps = sampler.generate(PROMPTS, IDS, seed=0).steps
     plan = schedule.planned_counts(12)
     assert [row["masked"] for row in steps] == [float(m) for m, _ in plan]
@@ -29,12 +34,15 @@ def test_planned_counts_match_what_the_sampler_does(random_model, schedule):
 
 
 def test_origin_has_no_plan():
-    assert OriginSchedule(steps=4).planned_counts(8) is None
+    assert OriginSchedule(ScheduleConfig(steps=4)).planned_counts(8) is None
 
 
 def _responses(model, reward, **options):
-    guidance = RewardGradientGuidance(model, reward, M=2, eta=3.0, **options)
-    sampler = DiffusionSampler(model, EntropySchedule(steps=4), guidance, num_samples=2, max_new_tokens=8)
+    guidance = RewardGradientGuidance(guidance_config(M=2, eta=3.0, **options), model=model, reward=reward)
+    sampler = DiffusionSampler(
+        SamplerConfig(num_samples=2, max_new_tokens=8), model=model,
+        schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance,
+    )
     return sampler.generate(PROMPTS, IDS, seed=4)
 
 
@@ -50,8 +58,12 @@ def test_focus_optimises_only_the_positions_about_to_be_committed(random_model, 
     from entrgi.guidance import GuidanceContext
     from entrgi.noise import TrajectoryNoise
 
-    guidance = RewardGradientGuidance(random_model, random_reward, M=2, eta=3.0, focus_margin=1)
-    sampler = DiffusionSampler(random_model, EntropySchedule(steps=4), guidance, num_samples=2, max_new_tokens=8)
+    guidance = RewardGradientGuidance(guidance_config(M=2, eta=3.0, focus_margin=1), model=random_model,
+                                      reward=random_reward)
+    sampler = DiffusionSampler(
+        SamplerConfig(num_samples=2, max_new_tokens=8), model=random_model,
+        schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance,
+    )
     canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in PROMPTS])
     start = canvas.shape[1] - 8
     logits = random_model.logits(canvas, attention, start)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 
+from entrgi.components import build
 from entrgi.validation import ConfigError, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -56,7 +57,7 @@ SCHEDULE_CLASSES = {
 @pytest.mark.parametrize("option,cls", SCHEDULE_CLASSES.items())
 def test_schedule_options_build_the_named_rule(compose, option, cls):
     """The four Dream rule names map to the right classes (a swapped _target_ would be silent)."""
-    schedule = instantiate(compose([f"schedule={option}", "schedule.steps=7"]).schedule)
+    schedule = build(compose([f"schedule={option}", "schedule.steps=7"]).schedule)
     assert type(schedule).__name__ == cls
     assert schedule.steps == 7 and len(schedule.grid) == 8
 

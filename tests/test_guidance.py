@@ -5,20 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hydra.utils import instantiate
-
 from entrgi.guidance import NoGuidance, RewardGradientGuidance
 from entrgi.guidance.mix import WEIGHT_RULES, weight_rule
 from entrgi.sampler import DiffusionSampler
 from entrgi.schedule import EntropySchedule
+from entrgi.schedule import ScheduleConfig
+from entrgi.sampler import SamplerConfig
+from conftest import guidance_config
+from entrgi.components import build
 
 PROMPTS = ["Describe the small cat.", "Why is the robot happy?", "Tell me a short story about a quiet garden."]
 IDS = ["p0", "p1", "p2"]
 
 
 def _sampler(model, reward, rule="entrgi", steps=4, length=6, **options):
-    guidance = RewardGradientGuidance(model, reward, rule=rule, **options) if rule else NoGuidance()
-    return DiffusionSampler(model, EntropySchedule(steps=steps), guidance, num_samples=2, max_new_tokens=length)
+    guidance = RewardGradientGuidance(guidance_config(rule=rule, **options), model=model, reward=reward) if rule \
+        else NoGuidance()
+    return DiffusionSampler(
+        SamplerConfig(num_samples=2, max_new_tokens=length), model=model,
+        schedule=EntropySchedule(ScheduleConfig(steps=steps)), guidance=guidance,
+    )
 
 
 @pytest.mark.parametrize("rule", ["soft", "aps", "entrgi"])
@@ -64,7 +70,7 @@ def test_every_kth_step_is_guided(random_model, random_reward):
 
 
 def test_rm_sees_the_response_up_to_the_first_eos(random_model, random_reward):
-    guidance = RewardGradientGuidance(random_model, random_reward)
+    guidance = RewardGradientGuidance(guidance_config(), model=random_model, reward=random_reward)
     eos, mask = random_model.eos_token_id, random_model.mask_token_id
     response = torch.tensor([[5, mask, 7, eos, 9], [5, 6, mask, mask, 8]])
     masked = response == mask
@@ -78,7 +84,7 @@ def _one_guided_step(model, reward, monkeypatch=None, **options):
     from entrgi.guidance import GuidanceContext
     from entrgi.noise import TrajectoryNoise
 
-    guidance = RewardGradientGuidance(model, reward, **options)
+    guidance = RewardGradientGuidance(guidance_config(**options), model=model, reward=reward)
     scores = []
     if monkeypatch is not None:
         original = reward.score_embeds
@@ -144,7 +150,10 @@ def test_a_rule_registered_outside_the_package_is_a_guidance_rule(compose, rando
 
     cfg = compose(["guidance=entrgi", f"guidance.rule={half_rule}", "guidance.M=1"])
     validate(cfg)
-    guidance = instantiate(cfg.guidance, model=random_model, reward=random_reward)
-    sampler = DiffusionSampler(random_model, EntropySchedule(steps=2), guidance, num_samples=2, max_new_tokens=4)
+    guidance = build(cfg.guidance, model=random_model, reward=random_reward)
+    sampler = DiffusionSampler(
+        SamplerConfig(num_samples=2, max_new_tokens=4), model=random_model,
+        schedule=EntropySchedule(ScheduleConfig(steps=2)), guidance=guidance,
+    )
     steps = sampler.generate(PROMPTS[:1], IDS[:1], seed=0).steps
     assert [row["w_mean"] for row in steps] == [pytest.approx(0.5), pytest.approx(0.5)]

@@ -19,6 +19,10 @@ from entrgi.guidance import NoGuidance, RewardGradientGuidance
 from entrgi.noise import TrajectoryNoise
 from entrgi.sampler import DiffusionSampler
 from entrgi.schedule import EntropySchedule, LowConfidenceSchedule, MaskGitPlusSchedule, OriginSchedule
+from entrgi.schedule import ScheduleConfig
+from entrgi.schedule import LowConfidenceConfig
+from entrgi.sampler import SamplerConfig
+from conftest import guidance_config
 
 HOST_READS = ["item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__", "nonzero"]
 
@@ -52,9 +56,12 @@ def test_the_guard_catches_a_host_read():
 @pytest.mark.parametrize("rule", [None, "soft", "aps", "entrgi"])
 @pytest.mark.parametrize("schedule", [EntropySchedule, MaskGitPlusSchedule, OriginSchedule, LowConfidenceSchedule])
 def test_denoise_reads_nothing_back(random_model, random_reward, rule, schedule):
-    guidance = RewardGradientGuidance(random_model, random_reward, rule=rule, keep="best") if rule else NoGuidance()
-    options = {"block_length": 3} if schedule is LowConfidenceSchedule else {"alg_temp": 0.5}
-    sampler = DiffusionSampler(random_model, schedule(steps=4, **options), guidance, num_samples=2, max_new_tokens=6)
+    guidance = (RewardGradientGuidance(guidance_config(rule=rule, keep="best"), model=random_model, reward=random_reward)
+                if rule else NoGuidance())
+    config = LowConfidenceConfig(steps=4, block_length=3) if schedule is LowConfidenceSchedule else \
+        ScheduleConfig(steps=4, alg_temp=0.5)
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=random_model,
+                               schedule=schedule(config), guidance=guidance)
     prompts = ["Describe the cat.", "Why is the old robot happy?"]
     canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
     guidance.begin_batch(prompts, 2, 6)

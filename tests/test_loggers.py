@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from entrgi.experiment import run_experiment
-from entrgi.loggers import NullLogger, WandbLogger, sample_table_row, step_metrics
+from entrgi.loggers import NullLogger, WandbLogger, WandbLoggerConfig, sample_table_row, step_metrics
 from entrgi.run_directory import RunDirectory
 
 SMALL = ["experiment=tiny", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=3",
@@ -65,19 +65,19 @@ def test_mode_auto(monkeypatch, tmp_path):
     monkeypatch.delenv("NETRC", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    assert WandbLogger().resolved_mode() == "offline"
+    assert WandbLogger(WandbLoggerConfig()).resolved_mode() == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert WandbLogger().resolved_mode() == "online"
+    assert WandbLogger(WandbLoggerConfig()).resolved_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert WandbLogger().resolved_mode() == "disabled"
-    assert WandbLogger(mode="offline").resolved_mode() == "offline"
+    assert WandbLogger(WandbLoggerConfig()).resolved_mode() == "disabled"
+    assert WandbLogger(WandbLoggerConfig(mode="offline")).resolved_mode() == "offline"
 
 
 def test_none_logger_logs_nothing(compose):
     """logger=none is the no-op logger (test_report's real jobs check that they write no wandb/)."""
-    from hydra.utils import instantiate
+    from entrgi.components import build
 
-    logger = instantiate(compose(["logger=none"]).logger)
+    logger = build(compose(["logger=none"]).logger)
     assert type(logger) is NullLogger
     logger.start({}, Path("unused"), "x")
     logger.log_batch([{"top1": 1.0}], [{"step": 0}])

@@ -13,6 +13,8 @@ from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 from entrgi.experiment import run_experiment
 from entrgi.schedule import LowConfidenceSchedule
 from entrgi.validation import ConfigError, validate
+from entrgi.components import build
+from entrgi.schedule import LowConfidenceConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 REAL_MODELS = ["dream-7b", "llada-8b"]
@@ -102,7 +104,7 @@ def test_guided_job_on_each_model_family(compose, tmp_path, model, schedule):
 
 class TestLowConfidenceBlocks:
     def _masks(self, steps=4, length=8, block=4):
-        schedule = LowConfidenceSchedule(steps=steps, block_length=block, deprioritize_eos=False)
+        schedule = LowConfidenceSchedule(LowConfidenceConfig(steps=steps, block_length=block, deprioritize_eos=False))
         schedule.check_length(length)
         masked = torch.ones(1, length, dtype=torch.bool)
         probs = torch.softmax(torch.randn(1, length, 5, generator=torch.Generator().manual_seed(0)), -1)
@@ -128,7 +130,7 @@ class TestLowConfidenceBlocks:
     @pytest.mark.parametrize("steps,length,block,match", [(4, 8, 3, "block_length=3"), (3, 8, 4, "steps=3")])
     def test_incompatible_sizes_are_config_errors(self, steps, length, block, match):
         with pytest.raises(ConfigError, match=match):
-            LowConfidenceSchedule(steps=steps, block_length=block).check_length(length)
+            LowConfidenceSchedule(LowConfidenceConfig(steps=steps, block_length=block)).check_length(length)
 
 
 REAL_FIELDS = {  # benchmark option → one row with the real dataset's columns
@@ -147,7 +149,7 @@ def test_real_benchmarks_read_local_copies_with_their_fields(compose, tmp_path, 
     other[next(k for k in row if "id" in k)] = "second"
     path = tmp_path / f"{benchmark}.jsonl"
     path.write_text(json.dumps(row) + "\n" + json.dumps(other) + "\n" + json.dumps(row) + "\n")  # last: duplicate
-    prompts = instantiate(compose([f"benchmark={benchmark}", f"benchmark.path={path}"]).benchmark).prompts()
+    prompts = build(compose([f"benchmark={benchmark}", f"benchmark.path={path}"]).benchmark).prompts()
     text_field = "question" if benchmark == "judgebench" else "prompt"
     id_field = "pair_id" if benchmark == "judgebench" else "id"
     category_field = {"reward-bench-2": "subset", "rm-bench": "domain", "judgebench": "source"}[benchmark]

@@ -11,6 +11,8 @@ from conftest import expected_commit_counts
 from entrgi.guidance import Guidance, GuidanceContext, NoGuidance, Steered
 from entrgi.sampler import DiffusionSampler
 from entrgi.schedule import EntropySchedule, MaskGitPlusSchedule, OriginSchedule, TopKMarginSchedule
+from entrgi.schedule import ScheduleConfig
+from entrgi.sampler import SamplerConfig
 
 RULES = {
     "entropy": EntropySchedule,
@@ -27,8 +29,8 @@ IDS = ["p-hi", "p-story", "p-robot", "p-ship"]
 
 def _sampler(model, rule: str, guidance=None, temperature: float = 0.7, **schedule_kw) -> DiffusionSampler:
     return DiffusionSampler(
-        model, RULES[rule](steps=STEPS, **schedule_kw), guidance or NoGuidance(),
-        num_samples=K, max_new_tokens=LENGTH, temperature=temperature, top_p=0.95,
+        SamplerConfig(num_samples=K, max_new_tokens=LENGTH, temperature=temperature, top_p=0.95),
+        model=model, schedule=RULES[rule](ScheduleConfig(steps=STEPS, **schedule_kw)), guidance=guidance or NoGuidance(),
     )
 
 
@@ -52,7 +54,10 @@ class LogitsSpy:
 
 def test_build_canvas_left_pads_and_repeats_each_prompt_k_times(random_model):
     """Rows b*K + k: pads, prompt, L masks; the key mask hides exactly the pads."""
-    sampler = DiffusionSampler(random_model, EntropySchedule(steps=2), NoGuidance(), num_samples=2, max_new_tokens=3)
+    sampler = DiffusionSampler(
+        SamplerConfig(num_samples=2, max_new_tokens=3), model=random_model,
+        schedule=EntropySchedule(ScheduleConfig(steps=2)), guidance=NoGuidance(),
+    )
     canvas, attention = sampler.build_canvas([[5, 6, 7], [8]])
     pad, mask = random_model.pad_token_id, random_model.mask_token_id
     long_row, short_row = [5, 6, 7, mask, mask, mask], [pad, pad, 8, mask, mask, mask]

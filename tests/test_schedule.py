@@ -33,6 +33,7 @@ from entrgi.schedule import (
     TopKMarginSchedule,
     UnmaskSchedule,
 )
+from entrgi.schedule import ScheduleConfig
 
 A, B, C, D, E, X, Y = range(7)
 EOS = 3
@@ -77,7 +78,7 @@ def _chosen(commit: torch.Tensor) -> set[int]:
 
 def test_grid_is_linspace_from_one_to_eps():
     """t_i = linspace(1, eps, T+1); step i goes from t_i to t_{i+1}."""
-    schedule = EntropySchedule(steps=5, eps=1e-3)
+    schedule = EntropySchedule(ScheduleConfig(steps=5, eps=1e-3))
     expected = torch.linspace(1.0, 1e-3, 6, dtype=torch.float64).tolist()
     assert schedule.grid == pytest.approx(expected, abs=1e-12)
 
@@ -85,20 +86,20 @@ def test_grid_is_linspace_from_one_to_eps():
 @pytest.mark.parametrize("rule", RANKED_RULES, ids=lambda c: c.__name__)
 def test_confidence_matches_hand_values(rule):
     """Each rule's confidence is the hand-computed number, not merely the same order."""
-    got = rule(steps=2).confidence(PROBS, TOKENS)[0]
+    got = rule(ScheduleConfig(steps=2)).confidence(PROBS, TOKENS)[0]
     assert got.tolist() == pytest.approx(EXPECTED_CONFIDENCE[rule], abs=1e-5)
 
 
 @pytest.mark.parametrize("rule", RANKED_RULES, ids=lambda c: c.__name__)
 def test_rule_commits_its_most_confident_positions(rule):
     """Step 0 of 2 commits exactly floor(5·0.4995) = 2 positions: the rule's top two."""
-    commit = rule(steps=2).commit_mask(MASKED, TOKENS, PROBS, 0, _noise(), EOS)
+    commit = rule(ScheduleConfig(steps=2)).commit_mask(MASKED, TOKENS, PROBS, 0, _noise(), EOS)
     assert _chosen(commit) == EXPECTED_TOP2[rule]
 
 
 @pytest.mark.parametrize("rule", [*RANKED_RULES, OriginSchedule], ids=lambda c: c.__name__)
 def test_last_step_commits_every_masked_position_and_nothing_else(rule):
-    commit = rule(steps=2).commit_mask(MASKED, TOKENS, PROBS, 1, _noise(), EOS)
+    commit = rule(ScheduleConfig(steps=2)).commit_mask(MASKED, TOKENS, PROBS, 1, _noise(), EOS)
     assert commit.tolist() == MASKED.tolist()
 
 
@@ -107,7 +108,7 @@ def test_committed_positions_are_never_chosen(rule):
     """X and Y are the most confident positions but already committed: never re-chosen."""
     for step in range(2):
         for alg_temp in (0.0, 1.0):
-            commit = rule(steps=2, alg_temp=alg_temp).commit_mask(MASKED, TOKENS, PROBS, step, _noise(), EOS)
+            commit = rule(ScheduleConfig(steps=2, alg_temp=alg_temp)).commit_mask(MASKED, TOKENS, PROBS, step, _noise(), EOS)
             assert not commit[0, X] and not commit[0, Y]
 
 
@@ -115,8 +116,8 @@ def test_eos_samples_go_last_when_deprioritised():
     """A is the most certain position under entropy, but its sampled token is EOS."""
     tokens = TOKENS.clone()
     tokens[0, A] = EOS
-    on = EntropySchedule(steps=2, deprioritize_eos=True).commit_mask(MASKED, tokens, PROBS, 0, _noise(), EOS)
-    off = EntropySchedule(steps=2, deprioritize_eos=False).commit_mask(MASKED, tokens, PROBS, 0, _noise(), EOS)
+    on = EntropySchedule(ScheduleConfig(steps=2, deprioritize_eos=True)).commit_mask(MASKED, tokens, PROBS, 0, _noise(), EOS)
+    off = EntropySchedule(ScheduleConfig(steps=2, deprioritize_eos=False)).commit_mask(MASKED, tokens, PROBS, 0, _noise(), EOS)
     assert _chosen(on) == {B, C}  # the next two by entropy
     assert _chosen(off) == {A, B}
 
@@ -124,7 +125,7 @@ def test_eos_samples_go_last_when_deprioritised():
 def test_eos_positions_still_fill_the_commit_count():
     """Deprioritised EOS positions rank last but are still committed when the count needs them."""
     tokens = torch.tensor([[EOS, EOS, EOS, 0, EOS, 0, 0]])  # only D has a non-EOS sample
-    commit = EntropySchedule(steps=2).commit_mask(MASKED, tokens, PROBS, 0, _noise(), EOS)
+    commit = EntropySchedule(ScheduleConfig(steps=2)).commit_mask(MASKED, tokens, PROBS, 0, _noise(), EOS)
     assert commit[0, D]
     assert int(commit.sum()) == 2
     assert not commit[0, X] and not commit[0, Y]
@@ -148,7 +149,7 @@ def test_commit_counts_follow_the_grid(rule, alg_temp):
     masked = torch.ones(2, length, dtype=torch.bool)
     masked[1, :5] = False
     expected = [expected_commit_counts(24, steps), expected_commit_counts(19, steps)]
-    schedule = rule(steps=steps, alg_temp=alg_temp)
+    schedule = rule(ScheduleConfig(steps=steps, alg_temp=alg_temp))
     noise = _noise(2)
     for step in range(steps):
         probs = torch.softmax(3 * torch.randn(2, length, vocab, generator=gen), dim=-1)
@@ -164,7 +165,7 @@ def test_alg_temp_draws_exactly_n_positions_with_randomness():
     """alg_temp > 0 samples positions (Gumbel top-k) but always commits exactly n of them."""
     rows = 400
     masked, tokens, probs = MASKED.expand(rows, -1), TOKENS.expand(rows, -1), PROBS.expand(rows, -1, -1)
-    commit = MaskGitPlusSchedule(steps=2, alg_temp=1.0).commit_mask(masked, tokens, probs, 0, _noise(rows), EOS)
+    commit = MaskGitPlusSchedule(ScheduleConfig(steps=2, alg_temp=1.0)).commit_mask(masked, tokens, probs, 0, _noise(rows), EOS)
     assert (commit.sum(-1) == 2).all()
     assert not commit[:, [X, Y]].any()
     patterns = {tuple(row.tolist()) for row in commit}
@@ -177,7 +178,7 @@ def test_tiny_alg_temp_matches_the_deterministic_choice():
     """As alg_temp → 0, sampling positions reduces to the top-n rule."""
     rows = 50
     masked, tokens, probs = MASKED.expand(rows, -1), TOKENS.expand(rows, -1), PROBS.expand(rows, -1, -1)
-    commit = MaskGitPlusSchedule(steps=2, alg_temp=1e-4).commit_mask(masked, tokens, probs, 0, _noise(rows), EOS)
+    commit = MaskGitPlusSchedule(ScheduleConfig(steps=2, alg_temp=1e-4)).commit_mask(masked, tokens, probs, 0, _noise(rows), EOS)
     expected = torch.zeros(7, dtype=torch.bool)
     expected[[B, C]] = True
     assert (commit == expected).all()
@@ -193,7 +194,7 @@ class TestOrigin:
         masked[:, ::2] = False  # half the positions are already committed
         tokens = torch.zeros(self.ROWS, self.LENGTH, dtype=torch.long)
         probs = torch.full((self.ROWS, self.LENGTH, 4), 0.25)
-        commit = OriginSchedule(steps=4).commit_mask(masked, tokens, probs, step, _noise(self.ROWS), EOS)
+        commit = OriginSchedule(ScheduleConfig(steps=4)).commit_mask(masked, tokens, probs, step, _noise(self.ROWS), EOS)
         assert not (commit & ~masked).any()
         return commit[masked].float().mean().item(), commit
 
@@ -212,7 +213,7 @@ class TestOrigin:
     def test_reveal_ignores_the_distributions(self):
         """origin has no confidence: other probabilities give the same reveal pattern."""
         noise = _noise(1)
-        schedule = OriginSchedule(steps=4)
+        schedule = OriginSchedule(ScheduleConfig(steps=4))
         first = schedule.commit_mask(MASKED, TOKENS, PROBS, 0, noise, EOS)
         flipped = schedule.commit_mask(MASKED, TOKENS, PROBS.flip(-1), 0, noise, EOS)
         assert torch.equal(first, flipped)
@@ -220,4 +221,4 @@ class TestOrigin:
 
 def test_base_schedule_has_no_confidence():
     with pytest.raises(NotImplementedError):
-        UnmaskSchedule(steps=2).confidence(PROBS, TOKENS)
+        UnmaskSchedule(ScheduleConfig(steps=2)).confidence(PROBS, TOKENS)

@@ -61,8 +61,9 @@ class GuidanceConfig:
 class Guidance:
     """Base class: leaves the logits as they are."""
 
-    def __init__(self, model=None, reward=None):
-        """Every method is built with the models it may use; plain sampling uses neither."""
+    def __init__(self, config: GuidanceConfig | None = None, *, model=None, reward=None):
+        """Every method is built from its config and the models it may use; plain sampling uses neither."""
+        self.config = config if config is not None else GuidanceConfig()
 
     def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
         """Prepare per-prompt state (e.g. reward template parts) for a new batch."""

@@ -45,7 +45,8 @@ class RewardGradientConfig(GuidanceConfig):
     keep: str = one_of("last", "last", "best")
     focus_margin: int | None = ranged(None, low=0, optional=True)
     eos_mask_from: str = one_of("argmax", "argmax", "sampled")
-    # Shared with the sampler by default: the hard draw and the commit step use the same τ and top-p.
+    # Shared with the sampler by default: the hard draw and the commit step use the same τ and top-p
+    # (a config built in Python, outside a run config, sets both to numbers).
     temperature: float = ranged("${sampler.temperature}", low=0.0, low_open=True)
     top_p: float = ranged("${sampler.top_p}", low=0.0, high=1.0, low_open=True)
     min_coverage: float = ranged(0.0, low=0.0, high=1.0)
@@ -54,7 +55,8 @@ class RewardGradientConfig(GuidanceConfig):
 class RewardGradientGuidance(Guidance):
     """Optimise the masked logits against a frozen reward model.
 
-    Args:
+    Built from a `RewardGradientConfig` and the dLLM and RM it works with. The config's fields:
+
         rule: a registered weight rule: soft (w = 0), aps (w = 1), entrgi (w = normalised entropy), …
         M, eta, optimizer: gradient steps per guided denoising step, learning rate, optimiser.
         every: guide denoising steps 0, every, 2·every, ... (1 = all, as in the paper).
@@ -69,40 +71,23 @@ class RewardGradientGuidance(Guidance):
         min_coverage: fail when fewer dLLM tokens than this map exactly into the RM vocabulary.
     """
 
-    def __init__(
-        self,
-        model: DiffusionLM,
-        reward: RewardModel,
-        rule: str = "entrgi",
-        M: int = 3,
-        eta: float = 0.5,
-        optimizer: str = "adam",
-        every: int = 1,
-        keep: str = "last",
-        focus_margin: int | None = None,
-        eos_mask_from: str = "argmax",
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        min_coverage: float = 0.0,
-    ):
+    def __init__(self, config: RewardGradientConfig, *, model: DiffusionLM, reward: RewardModel):
+        super().__init__(config)
         if torch.device(model.device) != torch.device(reward.device):
             raise ConfigError(
                 f"guidance needs the dLLM and the reward model on one device, got model.device={model.device} "
                 f"and reward.device={reward.device}"
             )
         self.reward = reward
-        lookup_rule(rule)  # unknown names fail here, before any model work
-        self.rule = rule
-        self.M, self.eta, self.optimizer_cls = M, eta, _OPTIMIZERS[optimizer]
-        self.every, self.keep, self.focus_margin, self.eos_mask_from = every, keep, focus_margin, eos_mask_from
-        self.temperature, self.top_p = temperature, top_p
+        lookup_rule(config.rule)  # unknown names fail here, before any model work
+        self.optimizer_cls = _OPTIMIZERS[config.optimizer]
         self.eos_token_id, self.mask_token_id = model.eos_token_id, model.mask_token_id
         bridge = build_vocab_bridge(model.tokenizer, reward.tokenizer, model.vocab_size)
         self.coverage = bridge.coverage
         log.info("vocabulary bridge: %.2f%% of dLLM tokens map exactly into the RM vocabulary", 100 * bridge.coverage)
-        if bridge.coverage < min_coverage:
+        if bridge.coverage < config.min_coverage:
             raise ValueError(
-                f"guidance.min_coverage={min_coverage}: only {bridge.coverage:.4f} of the dLLM vocabulary "
+                f"guidance.min_coverage={config.min_coverage}: only {bridge.coverage:.4f} of the dLLM vocabulary "
                 "maps exactly into the reward model's vocabulary"
             )
         self.table = bridge.mapped_table(reward.embedding_table.detach())
@@ -132,10 +117,10 @@ class RewardGradientGuidance(Guidance):
         when their count is not known in advance), or with `focus_margin` the n positions the
         schedule commits this step plus a margin, ranked by a proxy of its confidence (the
         unguided top-1 probability; the schedule itself ranks by its own rule)."""
-        if self.focus_margin is None or context.planned is None:
+        if self.config.focus_margin is None or context.planned is None:
             return context.positions
         n_masked, n_commit = context.planned
-        focus = max(1, min(n_masked, n_commit + self.focus_margin))
+        focus = max(1, min(n_masked, n_commit + self.config.focus_margin))
         confidence = torch.softmax(logits.detach().float(), dim=-1).amax(dim=-1)
         return torch.where(masked, confidence, torch.full_like(confidence, -1.0)).topk(focus, dim=-1).indices
 
@@ -143,16 +128,16 @@ class RewardGradientGuidance(Guidance):
         """The RM input at `positions` from their logits phi [N, F, V]: (mix, hard tokens, entropy, w)."""
         current = phi.detach()
         ent = entropy(current)
-        weight = mix_weight(self.rule, current, entropy_nats=ent)
-        scaled = current / self.temperature
+        weight = mix_weight(self.config.rule, current, entropy_nats=ent)
+        scaled = current / self.config.temperature
         scaled[..., self.mask_token_id] = float("-inf")  # as in the commit draw: <mask> is no token
         uniforms = context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, context.masked.shape[-1], iteration)
-        hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.top_p)
-        mix = relaxed_embeddings(phi, self.table, hard, weight, self.temperature, entropy_nats=ent)
+        hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.config.top_p)
+        mix = relaxed_embeddings(phi, self.table, hard, weight, self.config.temperature, entropy_nats=ent)
         return mix, hard, ent, weight
 
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
-        if context.step % self.every:
+        if context.step % self.config.every:
             return Steered(logits=logits, stats={})
         masked, response = context.masked, context.response
         vocab = logits.shape[-1]
@@ -161,7 +146,7 @@ class RewardGradientGuidance(Guidance):
         free_masked = masked.gather(1, free)
         n_free = free_masked.sum().clamp(min=1).float()
         phi = phi_init.gather(1, free.unsqueeze(-1).expand(-1, -1, vocab)).requires_grad_(True)
-        optimizer = self.optimizer_cls([phi], lr=self.eta)
+        optimizer = self.optimizer_cls([phi], lr=self.config.eta)
         # What the RM reads where nothing is optimised: committed tokens stay hard; masked
         # positions outside a focus get their unguided mix, drawn once per step.
         base_embeds, base_proposal = self.table[response], phi_init.argmax(-1)
@@ -170,14 +155,14 @@ class RewardGradientGuidance(Guidance):
             rest = phi_init.gather(1, outside.unsqueeze(-1).expand(-1, -1, vocab))
             mix, hard, _, _ = self._relax(rest, outside, context, iteration=0)
             base_embeds = _put(base_embeds, outside, mix.embeds.detach().to(base_embeds.dtype))
-            if self.eos_mask_from == "sampled":
+            if self.config.eos_mask_from == "sampled":
                 base_proposal = base_proposal.scatter(1, outside, hard)
 
         def score(iteration: int):
             mix, hard, ent, weight = self._relax(phi, free, context, iteration)
             embeds = torch.where(masked.unsqueeze(-1), _put(base_embeds, free, mix.embeds.to(base_embeds.dtype)),
                                  base_embeds)
-            drawn = phi.detach().argmax(-1) if self.eos_mask_from == "argmax" else hard
+            drawn = phi.detach().argmax(-1) if self.config.eos_mask_from == "argmax" else hard
             proposal = base_proposal.scatter(1, free, drawn)
             visible = self._visible(response, masked, proposal)
             return self.reward.score_embeds(self.layout, embeds, visible), mix, ent, weight
@@ -185,11 +170,11 @@ class RewardGradientGuidance(Guidance):
         best_phi = phi.detach().clone()
         best_score = torch.full((phi.shape[0],), float("-inf"), device=phi.device)
         curve, sums = [], {"entropy": 0.0, "w": 0.0, "E": 0.0, "D": 0.0}
-        for iteration in range(self.M):
+        for iteration in range(self.config.M):
             scores, mix, ent, weight = score(iteration)
             optimizer.zero_grad(set_to_none=True)
             (-scores.sum()).backward()
-            if self.keep == "best":  # the iterate just scored is phi before this update
+            if self.config.keep == "best":  # the iterate just scored is phi before this update
                 best_phi = torch.where((scores.detach() > best_score)[:, None, None], phi.detach(), best_phi)
                 best_score = torch.maximum(best_score, scores.detach())
             optimizer.step()
@@ -198,17 +183,17 @@ class RewardGradientGuidance(Guidance):
                 sums[key] = sums[key] + (value * free_masked).sum() / n_free
             self._accumulate_histogram(ent, mix.approx_error, free_masked)
         final = phi.detach()
-        if self.keep == "best":  # the last update has not been scored yet: score it once, without gradient
+        if self.config.keep == "best":  # the last update has not been scored yet: score it once, without gradient
             with torch.no_grad():
-                last_scores = score(self.M)[0]
+                last_scores = score(self.config.M)[0]
             final = torch.where((last_scores > best_score)[:, None, None], final, best_phi)
-        stats = {f"{key}_mean": value / self.M for key, value in sums.items()}
+        stats = {f"{key}_mean": value / self.config.M for key, value in sums.items()}
         stats["reward_curve"] = torch.stack(curve)
         return Steered(logits=_put(phi_init, free, final), stats=stats)
 
     def _outside_focus(self, masked, free, context) -> torch.Tensor | None:
         """Masked positions [N, n_masked - F] left out of the focus (None without a focus)."""
-        if self.focus_margin is None or context.planned is None or free.shape[1] >= context.planned[0]:
+        if self.config.focus_margin is None or context.planned is None or free.shape[1] >= context.planned[0]:
             return None
         left = masked.scatter(1, free, False).to(torch.uint8)
         return torch.sort(left, dim=-1, descending=True, stable=True).indices[:, : context.planned[0] - free.shape[1]]

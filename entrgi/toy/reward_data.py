@@ -21,6 +21,8 @@ from entrgi.sampler import DiffusionSampler
 from entrgi.schedule import EntropySchedule
 from entrgi.toy.grammar import LEXICON, PREPOSITIONS, parse_prompt, sample_response, sample_scene
 from entrgi.toy.oracle import oracle
+from entrgi.schedule import ScheduleConfig
+from entrgi.sampler import SamplerConfig
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
 _SLOT_OF = {word: field for field, words in LEXICON.items() for word in words}
@@ -69,8 +71,10 @@ def sample_responses(model: DiffusionLM, prompts: list[str], seed: int, temperat
                      length: int = 16, batch_size: int = 64) -> list[tuple[str, str]]:
     """(prompt, response) for `num_samples` unguided samples per prompt (prompt-major), drawn with the
     tiny experiment's schedule (entropy rule, T = L = 16, top-p 0.95)."""
-    sampler = DiffusionSampler(model, EntropySchedule(steps=length), NoGuidance(), num_samples=num_samples,
-                               max_new_tokens=length, temperature=temperature, top_p=0.95)
+    sampler = DiffusionSampler(
+        SamplerConfig(num_samples=num_samples, max_new_tokens=length, temperature=temperature, top_p=0.95), model=model,
+        schedule=EntropySchedule(ScheduleConfig(steps=length)), guidance=NoGuidance(),
+    )
     pairs = []
     with torch.no_grad():
         for first in range(0, len(prompts), batch_size):
