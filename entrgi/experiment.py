@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -99,8 +98,8 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     })
     torch.manual_seed(cfg.seed)  # nothing should draw from it; a guard for third-party code
 
-    model = instantiate(cfg.model)
-    reward: RewardModel = instantiate(cfg.reward)
+    model = build(cfg.model)
+    reward: RewardModel = build(cfg.reward)
     guidance = build(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
     logger = build(cfg.logger)

@@ -25,7 +25,6 @@ import psutil
 import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
@@ -151,7 +150,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="perf")
 def main(cfg: DictConfig) -> None:
     validate(cfg)
-    model, reward = instantiate(cfg.model), instantiate(cfg.reward)
+    model, reward = build(cfg.model), build(cfg.reward)
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("guidance=")]
     results = {}
     for method in cfg.perf.methods:

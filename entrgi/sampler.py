@@ -103,7 +103,8 @@ class DiffusionSampler:
             tokens = response.scatter(1, positions, drawn)
             ranked = logits if self.schedule.config.order_from == "unguided" else steered.logits
             order_logits = ranked.gather(1, rows)
-            order_probs = torch.softmax(order_logits / self.schedule.confidence_temperature(self.config.temperature), dim=-1)
+            rank_temperature = self.schedule.confidence_temperature(self.config.temperature)
+            order_probs = torch.softmax(order_logits / rank_temperature, dim=-1)
             commit = self.schedule.commit_mask(
                 masked, tokens, order_probs, step, noise, self.model.eos_token_id, positions
             )

@@ -83,16 +83,16 @@ def compose():
 
 @pytest.fixture(scope="session")
 def random_model(random_paths):
-    from entrgi.models import DiffusionLM
+    from entrgi.models import DiffusionLM, DiffusionLMConfig
 
-    return DiffusionLM(str(random_paths["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu")
+    return DiffusionLM(DiffusionLMConfig(path=str(random_paths["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu"))
 
 
 @pytest.fixture(scope="session")
 def random_reward(random_paths):
-    from entrgi.rewards import RewardModel
+    from entrgi.rewards import RewardModel, RewardModelConfig
 
-    return RewardModel(str(random_paths["reward"]), device="cpu")
+    return RewardModel(RewardModelConfig(path=str(random_paths["reward"]), device="cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -106,19 +106,19 @@ def tiny_judges(entrgi_cache) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def toy_model():
     """The trained toy dLLM that experiment=tiny uses (shipped in the package)."""
-    from entrgi.models import DiffusionLM
+    from entrgi.models import DiffusionLM, DiffusionLMConfig
     from entrgi.toy.world import toy_world_path
 
-    return DiffusionLM(str(toy_world_path("dllm")), tokenizer_class="Qwen2Tokenizer", device="cpu")
+    return DiffusionLM(DiffusionLMConfig(path=str(toy_world_path("dllm")), tokenizer_class="Qwen2Tokenizer", device="cpu"))
 
 
 @pytest.fixture(scope="session")
 def toy_reward():
     """The trained toy RM that experiment=tiny uses."""
-    from entrgi.rewards import RewardModel
+    from entrgi.rewards import RewardModel, RewardModelConfig
     from entrgi.toy.world import toy_world_path
 
-    return RewardModel(str(toy_world_path("reward")), device="cpu")
+    return RewardModel(RewardModelConfig(path=str(toy_world_path("reward")), device="cpu"))
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from entrgi.experiment import run_experiment
 from entrgi.loggers import wandb_run_id
 from entrgi.report import main as report_main
 from entrgi.reporting.runs import load_run, merge_shards
-from entrgi.rewards import RewardModel
+from entrgi.rewards import RewardModel, RewardModelConfig
 from entrgi.validation import ConfigError, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def test_heldout_reward_scores_a_finished_run_without_touching_its_samples(tiny_
     run = _finished_run(tmp_path / "run", [[POSITIVE, NEGATIVE], ["Hello there.", "Why?"]], best=[1, 0])
     samples, config = (run / "samples.jsonl").read_bytes(), (run / "config.yaml").read_bytes()
     summary_before = json.loads((run / "summary.json").read_text())
-    heldout = RewardModel(str(tiny_judges["reward"]), device="cpu")
+    heldout = RewardModel(RewardModelConfig(path=str(tiny_judges["reward"]), device="cpu"))
     judge_run(run, HeldOutReward("rm-held", heldout, responses="all"))
     lines = [json.loads(line) for line in (run / "judgements" / "rm-held.jsonl").read_text().splitlines()]
     expected = heldout.score_texts(["Tell me about thing 0."] * 2 + ["Tell me about thing 1."] * 2,
@@ -337,7 +337,7 @@ def test_judges_after_generation_in_the_run_and_in_wandb(compose, offline_wandb,
     summary = run_experiment(cfg, out)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     lines = [json.loads(line) for line in (out / "judgements" / "rm-tiny-heldout.jsonl").read_text().splitlines()]
-    heldout = RewardModel(str(tiny_judges["reward"]), device="cpu")
+    heldout = RewardModel(RewardModelConfig(path=str(tiny_judges["reward"]), device="cpu"))
     for sample, line in zip(samples, lines, strict=True):
         assert line["prompt_id"] == sample["prompt_id"] and line["indices"] == [0, 1]
         expected = heldout.score_texts([sample["prompt"]] * 2, sample["responses"]).tolist()

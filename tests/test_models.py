@@ -9,7 +9,7 @@ import torch
 from huggingface_hub import constants
 
 from entrgi.weights import WeightsUnavailable, resolve_checkpoint
-from entrgi.models import DiffusionLM
+from entrgi.models import DiffusionLM, DiffusionLMConfig
 from entrgi.random_world import ensure_random_world
 
 PROMPT = "Describe the small cat."
@@ -154,4 +154,4 @@ def test_uncached_hub_id_offline_points_to_the_tiny_setup(monkeypatch, tmp_path)
 
 def test_model_constructor_fails_before_loading_anything():
     with pytest.raises(WeightsUnavailable, match=r"model\.path"):
-        DiffusionLM("/nonexistent/dream")
+        DiffusionLM(DiffusionLMConfig(path="/nonexistent/dream"))

@@ -82,11 +82,11 @@ def test_vocab_bridge_maps_by_token_string(random_model, random_reward):
 @pytest.mark.parametrize("hide", [0, 3])
 def test_prefix_cache_matches_the_full_pass(random_paths, hide):
     """Scores and gradients with the cached prefix keys/values equal a full RM pass (prompts of different lengths)."""
-    from entrgi.rewards import RewardModel
+    from entrgi.rewards import RewardModel, RewardModelConfig
 
     results = []
     for cached in (False, True):
-        reward = RewardModel(str(random_paths["reward"]), prefix_cache=cached, device="cpu")
+        reward = RewardModel(RewardModelConfig(path=str(random_paths["reward"]), prefix_cache=cached, device="cpu"))
         tokens, visible = _rm_tokens(reward, RESPONSES)
         if hide:
             visible[:, -hide:] = False

@@ -211,8 +211,8 @@ def test_entrgi_raises_top1_above_best_of_n(compose, tmp_path):
 @pytest.mark.slow
 def test_training_command_writes_a_loadable_world(tmp_path):
     """`python -m entrgi.toy.train` end to end at a few steps: checkpoints that load, prompts, a report."""
-    from entrgi.models import DiffusionLM
-    from entrgi.rewards import RewardModel
+    from entrgi.models import DiffusionLM, DiffusionLMConfig
+    from entrgi.rewards import RewardModel, RewardModelConfig
 
     out = tmp_path / "weights"
     report = train.main(["--out", str(out), "--prompts", str(tmp_path / "prompts.jsonl"), "--corpus-pairs", "400",
@@ -221,7 +221,7 @@ def test_training_command_writes_a_loadable_world(tmp_path):
     assert (tmp_path / "prompts.jsonl").read_text() == prompts_path().read_text()
     assert json.loads((out / "training.json").read_text()) == json.loads(json.dumps(report))
     assert {"heldout_spearman", "sample_well_formed", "wall_seconds"} <= report.keys()
-    model = DiffusionLM(str(out / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu")
-    reward = RewardModel(str(out / PARTS["reward"]), device="cpu")
+    model = DiffusionLM(DiffusionLMConfig(path=str(out / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu"))
+    reward = RewardModel(RewardModelConfig(path=str(out / PARTS["reward"]), device="cpu"))
     assert model.mask_token_id == model.tokenizer.convert_tokens_to_ids("<|mask|>")
     assert reward.score_texts(["Describe a red fox."], ["The red fox sleeps."]).shape == (1,)

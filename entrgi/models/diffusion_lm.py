@@ -45,9 +45,9 @@ class DiffusionLMConfig:
 
 
 class DiffusionLM:
-    """Bidirectional logits of a masked diffusion LM, loaded with `from_pretrained`.
+    """Bidirectional logits of a masked diffusion LM, loaded with `from_pretrained` as its
+    `DiffusionLMConfig` says. The config's fields:
 
-    Args:
         path: Hub id or local folder.
         backbone: transformers class whose weight layout the checkpoint has.
         config_keys: renames of the checkpoint's config.json keys to the backbone's.
@@ -60,39 +60,28 @@ class DiffusionLM:
         logit_shift: position j reads the output at j-1 (Dream) or its own (LLaDA).
     """
 
-    def __init__(
-        self,
-        path: str,
-        backbone: str = "Qwen2ForCausalLM",
-        config_keys: dict[str, str] | None = None,
-        weight_keys: dict[str, str] | None = None,
-        tokenizer_class: str | None = None,
-        mask_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        stop_tokens: list[str] | tuple[str, ...] = (),
-        logit_shift: bool = True,
-        device: str = "auto",
-        dtype: str = "auto",
-    ):
-        folder = resolve_checkpoint(path, "model.path")
-        self.device = resolve_device(device)
+    def __init__(self, config: DiffusionLMConfig):
+        self.config = config
+        folder = resolve_checkpoint(config.path, "model.path")
+        self.device = resolve_device(config.device)
         raw = json.loads((folder / "config.json").read_text())
-        model_cls = getattr(transformers, backbone)
-        renames = dict(config_keys or {})
+        model_cls = getattr(transformers, config.backbone)
+        renames = dict(config.config_keys or {})
         settings = {k: v for k, v in raw.items() if k not in _REMOTE_CONFIG_KEYS and k not in renames.values()}
         settings.update({new: raw[old] for old, new in renames.items() if old in raw})
         self.network, loading = model_cls.from_pretrained(
             folder,
             config=model_cls.config_class(**settings),
-            key_mapping=dict(weight_keys) if weight_keys else None,
-            dtype=resolve_dtype(dtype, self.device),
+            key_mapping=dict(config.weight_keys) if config.weight_keys else None,
+            dtype=resolve_dtype(config.dtype, self.device),
             output_loading_info=True,
         )
         # transformers initialises missing weights at random and only warns: refuse instead.
         unmatched = sorted(loading["missing_keys"] | loading["unexpected_keys"])
         if unmatched:
             raise ValueError(
-                f"model.path={path!r} does not fit model.backbone={backbone} with the given model.weight_keys: "
+                f"model.path={config.path!r} does not fit model.backbone={config.backbone} with the given "
+                f"model.weight_keys: "
                 f"{len(unmatched)} weights unmatched, e.g. {', '.join(unmatched[:3])}"
             )
         self.network.to(self.device).eval().requires_grad_(False)
@@ -100,18 +89,22 @@ class DiffusionLM:
             if hasattr(module, "is_causal"):
                 module.is_causal = False
 
-        tok_cls = getattr(transformers, tokenizer_class) if tokenizer_class else transformers.AutoTokenizer
+        tok_cls = transformers.AutoTokenizer
+        if config.tokenizer_class:
+            tok_cls = getattr(transformers, config.tokenizer_class)
         self.tokenizer = tok_cls.from_pretrained(folder)
-        self.mask_token_id = _first_set(mask_token_id, raw.get("mask_token_id"), self.tokenizer.mask_token_id)
-        self.eos_token_id = _first_set(eos_token_id, _single(raw.get("eos_token_id")), self.tokenizer.eos_token_id)
+        self.mask_token_id = _first_set(config.mask_token_id, raw.get("mask_token_id"), self.tokenizer.mask_token_id)
+        eos = _single(raw.get("eos_token_id"))
+        self.eos_token_id = _first_set(config.eos_token_id, eos, self.tokenizer.eos_token_id)
         self.pad_token_id = _first_set(raw.get("pad_token_id"), self.tokenizer.pad_token_id, self.eos_token_id)
         if self.mask_token_id is None:
-            raise ValueError(f"model.mask_token_id is not set and {path} defines no mask token")
-        unknown = [t for t in stop_tokens if t not in self.tokenizer.get_vocab()]
+            raise ValueError(f"model.mask_token_id is not set and {config.path} defines no mask token")
+        unknown = [t for t in config.stop_tokens if t not in self.tokenizer.get_vocab()]
         if unknown:
-            raise ValueError(f"model.stop_tokens: {unknown} not in the tokenizer of {path}")
-        self.stop_token_ids = sorted({self.eos_token_id, *self.tokenizer.convert_tokens_to_ids(list(stop_tokens))})
-        self.logit_shift = logit_shift
+            raise ValueError(f"model.stop_tokens: {unknown} not in the tokenizer of {config.path}")
+        stops = self.tokenizer.convert_tokens_to_ids(list(config.stop_tokens))
+        self.stop_token_ids = sorted({self.eos_token_id, *stops})
+        self.logit_shift = config.logit_shift
         self.vocab_size = self.network.get_output_embeddings().weight.shape[0]
 
     def encode_prompt(self, prompt: str) -> list[int]:

@@ -62,19 +62,9 @@ class RewardInputLayout:
 class RewardModel:
     """Scores (prompt, response) pairs with a frozen `AutoModelForSequenceClassification`."""
 
-    def __init__(
-        self,
-        path: str,
-        adapter_path: str | None = None,
-        tokenizer_class: str | None = None,
-        batch_size: int = 8,
-        gradient_checkpointing: bool = False,
-        prefix_cache: bool = True,
-        device: str = "auto",
-        dtype: str = "auto",
-    ):
-        """
-        Args:
+    def __init__(self, config: RewardModelConfig):
+        """Load the classifier its `RewardModelConfig` names. The config's fields:
+
             path: Hub id or local folder of the sequence classifier.
             adapter_path: a PEFT (LoRA) adapter trained on top of it, merged in at load.
             batch_size: conversations per forward pass on the text path.
@@ -83,15 +73,16 @@ class RewardModel:
             prefix_cache: compute the keys/values of the template prefix and prompt once per
                 batch instead of in every RM pass (not combined with checkpointing).
         """
-        folder = resolve_checkpoint(path, "reward.path")
-        self.device = resolve_device(device)
+        self.config = config
+        folder = resolve_checkpoint(config.path, "reward.path")
+        self.device = resolve_device(config.device)
         self.network = transformers.AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=1, dtype=resolve_dtype(dtype, self.device)
+            folder, num_labels=1, dtype=resolve_dtype(config.dtype, self.device)
         )
-        if adapter_path:
-            self.network = _merge_adapter(self.network, adapter_path)
+        if config.adapter_path:
+            self.network = _merge_adapter(self.network, config.adapter_path)
         self.network.to(self.device).eval().requires_grad_(False)
-        if gradient_checkpointing:
+        if config.gradient_checkpointing:
             # transformers only checkpoints in training mode; the RM has no dropout to switch on.
             enable = getattr(self.network, "activation_checkpointing_enable", None)  # newer transformers name
             if enable is not None:
@@ -99,13 +90,12 @@ class RewardModel:
             else:
                 self.network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.network.train()
-        tok_cls = getattr(transformers, tokenizer_class) if tokenizer_class else transformers.AutoTokenizer
+        tok_cls = transformers.AutoTokenizer
+        if config.tokenizer_class:
+            tok_cls = getattr(transformers, config.tokenizer_class)
         self.tokenizer = tok_cls.from_pretrained(folder)
         if self.network.config.pad_token_id is None:  # batched pooling needs it
             self.network.config.pad_token_id = self.tokenizer.pad_token_id
-        self.batch_size = batch_size
-        self.gradient_checkpointing = gradient_checkpointing
-        self.prefix_cache = prefix_cache
 
     def render(self, prompt: str, response: str) -> str:
         """The conversation as the RM was trained to read it."""
@@ -144,7 +134,8 @@ class RewardModel:
         cache = None
         # A row whose suffix is empty may be pooled inside the prefix; checkpointing recomputes
         # layers and would append to the cache twice: both take the uncached path.
-        if self.prefix_cache and suffix_width and all(suf for _, suf in parts) and not self.gradient_checkpointing:
+        cached = self.config.prefix_cache and not self.config.gradient_checkpointing
+        if cached and suffix_width and all(suf for _, suf in parts):
             positions = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
             out = self.network.base_model(
                 inputs_embeds=prefix_embeds, attention_mask=self._mask(prefix_embeds, prefix_mask, positions),
@@ -213,9 +204,9 @@ class RewardModel:
         """Float32 scores [N] on the CPU, `batch_size` conversations per forward pass."""
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         scores = []
-        for i in range(0, len(texts), self.batch_size):
+        for i in range(0, len(texts), self.config.batch_size):
             batch = self.tokenizer(
-                texts[i : i + self.batch_size], padding=True, add_special_tokens=False, return_tensors="pt"
+                texts[i : i + self.config.batch_size], padding=True, add_special_tokens=False, return_tensors="pt"
             ).to(self.device)
             scores.append(self.network(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)

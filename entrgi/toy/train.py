@@ -31,8 +31,8 @@ import torch
 from transformers import Qwen2ForCausalLM, Qwen3ForSequenceClassification
 
 from entrgi.formats import dream_config, dream_tokenizer, reward_config, reward_tokenizer, save_dream, save_reward
-from entrgi.models import DiffusionLM
-from entrgi.rewards import RewardModel
+from entrgi.models import DiffusionLM, DiffusionLMConfig
+from entrgi.rewards import RewardModel, RewardModelConfig
 from entrgi.toy.agreement import spearman
 from entrgi.toy.dllm_training import DiffusionTraining, EncodedPairs, train_dllm
 from entrgi.toy.grammar import FAITHFUL_MIX, benchmark_prompts, corpus
@@ -72,7 +72,7 @@ def build_dllm(folder: Path, phases: list[tuple[list[tuple[str, str]], Diffusion
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as staging:  # the random start, loaded as any Dream checkpoint
         save_dream(Path(staging), Qwen2ForCausalLM(dream_config(tokenizer, DLLM_SIZE)), tokenizer)
-        model = DiffusionLM(staging, tokenizer_class="Qwen2Tokenizer", device="cpu", dtype="float32")
+        model = DiffusionLM(DiffusionLMConfig(path=staging, tokenizer_class="Qwen2Tokenizer", device="cpu", dtype="float32"))
     report = []
     for pairs, settings in phases:
         losses = train_dllm(model, EncodedPairs.encode(model, pairs), settings, seed)
@@ -88,7 +88,7 @@ def build_reward(folder: Path, examples: list[tuple[str, str, float]], pairs: li
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as staging:
         save_reward(Path(staging), Qwen3ForSequenceClassification(reward_config(tokenizer, REWARD_SIZE)), tokenizer)
-        reward = RewardModel(staging, device="cpu", dtype="float32")
+        reward = RewardModel(RewardModelConfig(path=staging, device="cpu", dtype="float32"))
     losses = train_reward(reward, examples, settings, seed)
     save_reward(folder, reward.network.to(SAVE_DTYPE), tokenizer)
     return {"final_mse": sum(losses[-100:]) / len(losses[-100:]), "examples": len(examples),
@@ -107,8 +107,8 @@ def reward_examples(model: DiffusionLM, pairs: list[tuple[str, str]], n_prompts:
 
 def evaluate(folder: Path, prompts: list[str], seed: int) -> dict:
     """The shipped checkpoints on the held-out prompts: sample quality and RM–oracle agreement."""
-    model = DiffusionLM(str(folder / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu")
-    reward = RewardModel(str(folder / PARTS["reward"]), device="cpu")
+    model = DiffusionLM(DiffusionLMConfig(path=str(folder / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu"))
+    reward = RewardModel(RewardModelConfig(path=str(folder / PARTS["reward"]), device="cpu"))
     samples = sample_responses(model, prompts, seed, temperature=0.7, num_samples=4)
     held_out = evaluation_set(samples, seed)
     scores = reward.score_texts([p for p, _, _ in held_out], [r for _, r, _ in held_out]).tolist()
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         phases = [(faithful, DiffusionTraining(steps=args.warmup_steps)),
                   (pairs, DiffusionTraining(steps=args.dllm_steps))]
         report["dllm"] = build_dllm(staging / PARTS["dllm"], phases, args.seed)
-        shipped = DiffusionLM(str(staging / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu")
+        shipped = DiffusionLM(DiffusionLMConfig(path=str(staging / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu"))
         examples = reward_examples(shipped, corpus(args.corpus_pairs // 2, args.seed + 1, exclude=set(held_out)),
                                    args.reward_prompts, args.seed)
         report["reward"] = build_reward(staging / PARTS["reward"], examples, pairs,
