@@ -23,11 +23,12 @@ from test_loggers import _records, offline_wandb  # noqa: F401  (a fixture, used
 from test_report import write_run
 
 from entrgi.evaluate import evaluate, paths_to_override
-from entrgi.evaluators import Evaluator, Judgement
+from entrgi.evaluators import Evaluator, EvaluatorConfig, Judgement
 from entrgi.evaluators.greedy import GreedyOutput, open_backend, vllm_available, vllm_output
 from entrgi.evaluators.judging import NotJudgeable, apply_evaluators, judge_run
 from entrgi.evaluators.lmunit import (
     UNIT_TESTS,
+    LMUnitConfig,
     LMUnitJudge,
     combine,
     digit_score,
@@ -35,7 +36,7 @@ from entrgi.evaluators.lmunit import (
     score_position,
     unit_test_prompt,
 )
-from entrgi.evaluators.reward import HeldOutReward
+from entrgi.evaluators.reward import HeldOutReward, HeldOutRewardConfig
 from entrgi.experiment import run_experiment
 from entrgi.loggers import wandb_run_id
 from entrgi.report import main as report_main
@@ -127,7 +128,7 @@ class ScriptedBackend:
 def scripted_judge(monkeypatch, tiny_judges):
     backend = ScriptedBackend()
     monkeypatch.setattr("entrgi.evaluators.lmunit.open_backend", lambda name, folder, **settings: backend)
-    return LMUnitJudge(path=str(tiny_judges["judge"])), backend
+    return LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]))), backend
 
 
 def test_every_response_gets_all_five_unit_tests(scripted_judge):
@@ -180,13 +181,13 @@ def _hand_scores(folder: Path, query: str, response: str) -> list[float]:
 
 
 def test_tiny_judge_scores_equal_a_hand_computation(tiny_judges):
-    judge = LMUnitJudge(path=str(tiny_judges["judge"]), backend="transformers", device="cpu", batch_size=3,
-                        max_new_tokens=10, top_logprobs=20)
+    judge = LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]), backend="transformers", device="cpu", batch_size=3,
+                                     max_new_tokens=10, top_logprobs=20))
     queries = ["Describe the cat.", "Describe the cat.", "Why?"]
     responses = [POSITIVE, NEGATIVE, "It is."]
     judgements = judge.score(queries, responses)
-    one_by_one = LMUnitJudge(path=str(tiny_judges["judge"]), backend="transformers", device="cpu", batch_size=1,
-                             max_new_tokens=10, top_logprobs=20).score(queries, responses)
+    one_by_one = LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]), backend="transformers", device="cpu",
+                                          batch_size=1, max_new_tokens=10, top_logprobs=20)).score(queries, responses)
     outputs = judge.backend.generate([[{"role": "user", "content": unit_test_prompt("Why?", "It is.", UNIT_TESTS[0])}]])
     assert outputs[0].tokens == ['{"', "score", '":', " ", outputs[0].tokens[4], "}", "<|im_end|>"]
     for (query, response), judgement, alone in zip(zip(queries, responses, strict=True), judgements, one_by_one,
@@ -196,7 +197,8 @@ def test_tiny_judge_scores_equal_a_hand_computation(tiny_judges):
         assert judgement.score == pytest.approx(sum(expected) / 5, abs=1e-4)
         assert alone.score == pytest.approx(judgement.score, abs=1e-4)  # left padding changes nothing
     assert judgements[0].score > 3.5 > judgements[1].score + 1  # the tiny judge follows its sentiment words
-    cut = LMUnitJudge(path=str(tiny_judges["judge"]), backend="transformers", device="cpu", max_new_tokens=3)
+    cut = LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]), backend="transformers", device="cpu",
+                                   max_new_tokens=3))
     assert [j.score for j in cut.score(queries, responses)] == [None] * 3  # `{"score":` and no digit
 
 
@@ -228,7 +230,9 @@ def test_heldout_reward_scores_a_finished_run_without_touching_its_samples(tiny_
     samples, config = (run / "samples.jsonl").read_bytes(), (run / "config.yaml").read_bytes()
     summary_before = json.loads((run / "summary.json").read_text())
     heldout = RewardModel(RewardModelConfig(path=str(tiny_judges["reward"]), device="cpu"))
-    judge_run(run, HeldOutReward("rm-held", heldout, responses="all"))
+    judge = HeldOutRewardConfig(name="rm-held", responses="all",
+                                model=RewardModelConfig(path=str(tiny_judges["reward"])))
+    judge_run(run, HeldOutReward(judge, model=heldout))
     lines = [json.loads(line) for line in (run / "judgements" / "rm-held.jsonl").read_text().splitlines()]
     expected = heldout.score_texts(["Tell me about thing 0."] * 2 + ["Tell me about thing 1."] * 2,
                                    [POSITIVE, NEGATIVE, "Hello there.", "Why?"]).tolist()
@@ -244,12 +248,12 @@ def test_heldout_reward_scores_a_finished_run_without_touching_its_samples(tiny_
 
 def test_a_rerun_replaces_only_its_own_fields(tmp_path):
     run = _finished_run(tmp_path / "run", [["1", "2"], ["fail", "4"]], best=[1, 0])
-    judge_run(run, NumberJudge("numbers", responses="all"))
-    judge_run(run, NumberJudge("other"), {"note": "kept"})
+    judge_run(run, NumberJudge(EvaluatorConfig(name="numbers", responses="all")))
+    judge_run(run, NumberJudge(EvaluatorConfig(name="other")), {"note": "kept"})
     other_file = (run / "judgements" / "other.jsonl").read_bytes()
     before = json.loads((run / "summary.json").read_text())
     assert before["numbers_avgk_mean"] == pytest.approx((1.5 + 4) / 2) and before["numbers_failures"] == 1
-    judge_run(run, NumberJudge("numbers"))  # again, now on the Top@1 response only
+    judge_run(run, NumberJudge(EvaluatorConfig(name="numbers")))  # again, now on the Top@1 response only
     after = json.loads((run / "summary.json").read_text())
     assert (run / "judgements" / "other.jsonl").read_bytes() == other_file
     assert {k: v for k, v in after.items() if not k.startswith("numbers")} == {
@@ -308,7 +312,7 @@ def test_bad_input_is_refused_before_any_judge_loads(tmp_path, tiny_judges):
     with pytest.raises(WeightsUnavailable, match="evaluator.lmunit.path='ContextualAI/LMUnit-qwen2.5-72b'"):
         evaluate(_evaluate_config([f"runs=['{run}']", "evaluator=[lmunit]"]))  # offline: fails in seconds
     with pytest.raises(ConfigError, match="evaluator name"):
-        NumberJudge("../x")
+        NumberJudge(EvaluatorConfig(name="../x"))
     assert not (run / "judgements").exists()
 
 
@@ -414,7 +418,7 @@ def test_report_shows_judge_columns_and_figures(tmp_path, capsys):
                 p1 = "fail"
             run = _finished_run(tmp_path / "sweep" / f"M{m}-s{seed}", [[p0, "0"], [p1, "0"]], best=[0, 0],
                                 method="entrgi", M=m, seed=seed)
-            judge_run(run, NumberJudge("numbers"))
+            judge_run(run, NumberJudge(EvaluatorConfig(name="numbers")))
     assert report_main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
     with open(tmp_path / "out" / "table.csv") as f:
         rows = {row["M"]: row for row in csv.DictReader(f)}
@@ -438,8 +442,8 @@ def test_report_merges_judged_shards(tmp_path):
     a = _finished_run(tmp_path / "s0", [["1", "0"], ["2", "0"]], best=[0, 0], extra_benchmark={"part": 0, **slice_of_3})
     b = _finished_run(tmp_path / "s1", [["6", "0"]], best=[0], first=2, extra_benchmark={"part": 1, **slice_of_3})
     for run in (a, b):
-        judge_run(run, NumberJudge("numbers"))
-    judge_run(a, NumberJudge("only-a"))
+        judge_run(run, NumberJudge(EvaluatorConfig(name="numbers")))
+    judge_run(a, NumberJudge(EvaluatorConfig(name="only-a")))
     (merged,), _ = merge_shards([load_run(a), load_run(b)], shard_keys=("benchmark.part",))
     assert merged.judge_scores["numbers"]["top1_mean"] == pytest.approx(3.0)  # (1 + 2 + 6) / 3 prompts
     assert "only-a" not in merged.judge_scores and any("only-a" in note for note in merged.notes)
@@ -447,7 +451,7 @@ def test_report_merges_judged_shards(tmp_path):
 
 def test_apply_evaluators_skips_judged_runs_when_asked(tmp_path, monkeypatch):
     run = _finished_run(tmp_path / "run", [["1", "2"]], best=[0])
-    judge_run(run, NumberJudge("numbers"))
-    monkeypatch.setattr("entrgi.evaluators.judging.instantiate", lambda config: pytest.fail("loaded a judge"))
+    judge_run(run, NumberJudge(EvaluatorConfig(name="numbers")))
+    monkeypatch.setattr("entrgi.evaluators.judging.build", lambda config: pytest.fail("loaded a judge"))
     cfg = _evaluate_config(["evaluator=[tiny-reward]", "evaluator.tiny-reward.name=numbers"])
     assert apply_evaluators(cfg.evaluator, [run], skip_judged=True) == {run: {}}

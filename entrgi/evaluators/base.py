@@ -46,17 +46,20 @@ class EvaluatorConfig:
 
 
 class Evaluator(ABC):
-    """Scores (prompt, response) pairs; one instance holds its model until `close`."""
+    """Scores (prompt, response) pairs; one instance holds its model until `close`. Built from its
+    config (an `EvaluatorConfig` subclass)."""
 
     name: str
     responses: str
 
-    def __init__(self, name: str, responses: str = "top1"):
+    def __init__(self, config: EvaluatorConfig):
+        name, responses = config.name, config.responses
         if not _NAME.fullmatch(name or ""):
             raise ConfigError(f"evaluator name {name!r} is not allowed: expected letters, digits, '.', '_' or '-'")
         if responses not in RESPONSES:
             raise ConfigError(f"evaluator {name}: responses={responses!r} is not allowed: expected one of "
                               + ", ".join(map(repr, RESPONSES)))
+        self.config = config
         self.name, self.responses = name, responses
 
     @abstractmethod

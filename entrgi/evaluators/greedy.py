@@ -69,8 +69,8 @@ def open_backend(backend: str, folder: Path, **settings: Any):
 class TransformersGreedy:
     """Batched greedy decoding on one device with transformers."""
 
-    def __init__(self, folder: Path, *, max_new_tokens: int, top_logprobs: int, batch_size: int = 8,
-                 device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False, **unused: Any):
+    def __init__(self, folder: Path, *, max_new_tokens: int, top_logprobs: int, batch_size: int,
+                 device: str, dtype: str, trust_remote_code: bool, **unused: Any):
         self.device = resolve_device(device)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"  # generation continues every row from its last real token
@@ -119,9 +119,9 @@ class TransformersGreedy:
 class VllmGreedy:
     """Greedy decoding with vLLM over `tensor_parallel_size` GPUs (default: every visible GPU)."""
 
-    def __init__(self, folder: Path, *, max_new_tokens: int, top_logprobs: int, dtype: str = "auto",
-                 trust_remote_code: bool = False, tensor_parallel_size: int | None = None,
-                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, **unused: Any):
+    def __init__(self, folder: Path, *, max_new_tokens: int, top_logprobs: int, dtype: str,
+                 trust_remote_code: bool, tensor_parallel_size: int | None, gpu_memory_utilization: float,
+                 max_model_len: int | None, **unused: Any):
         from vllm import LLM, SamplingParams
 
         self.llm = LLM(

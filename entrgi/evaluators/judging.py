@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from entrgi.components import build
 from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import Evaluator
 from entrgi.evaluators.scores import FIELDS, field_key, judged_indices, prompt_line, summary_fields
@@ -130,7 +130,7 @@ def apply_evaluators(node: Mapping[str, Any] | None, run_dirs: Sequence[Path],
     for name, config in configs.items():
         if not todo[name]:
             continue
-        evaluator: Evaluator = instantiate(config)
+        evaluator: Evaluator = build(config)
         try:
             stored = OmegaConf.to_container(config, resolve=True)
             for run_dir in todo[name]:

@@ -15,6 +15,7 @@ is a failure, since a mean over a different subset of tests is not comparable.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -110,25 +111,18 @@ def combine(scores: Sequence[float | None]) -> float | None:
 class LMUnitJudge(Evaluator):
     """Every response × every unit test as one greedy request, all batched through one backend."""
 
-    def __init__(self, name: str = "lmunit", responses: str = "top1", path: str = LMUnitConfig.path,
-                 unit_tests: Sequence[str] = UNIT_TESTS, score_digits: Sequence[int] = (1, 2, 3, 4, 5),
-                 backend: str = "auto", max_new_tokens: int = 10, top_logprobs: int = 20, **backend_settings):
-        """
-        Args:
-            path: Hub id or local folder of the judge (a causal LM with a chat template).
-            unit_tests: the natural-language tests each response is scored on.
-            score_digits: the digit tokens that make up the score scale.
-            backend: `vllm`, `transformers` or `auto`; `backend_settings` go to it
-                (batch_size, tensor_parallel_size, device, dtype, trust_remote_code, …).
-            max_new_tokens: the answer's length limit; top_logprobs: how many log-probs per token.
-        """
-        super().__init__(name, responses)
-        if not unit_tests:
-            raise ValueError(f"evaluator {name}: unit_tests is empty")
-        self.unit_tests, self.digits = list(unit_tests), list(score_digits)
-        folder = resolve_checkpoint(path, f"evaluator.{name}.path")
-        self.backend = open_backend(backend, folder, max_new_tokens=max_new_tokens, top_logprobs=top_logprobs,
-                                    **backend_settings)
+    def __init__(self, config: LMUnitConfig):
+        """Load the judge its `LMUnitConfig` names: `path` (Hub id or local folder of a causal LM with a
+        chat template), served by `backend` (`vllm`, `transformers` or `auto`), which reads its own
+        settings from the same config (max_new_tokens, top_logprobs, batch_size, device, dtype, …)."""
+        super().__init__(config)
+        if not config.unit_tests:
+            raise ValueError(f"evaluator {config.name}: unit_tests is empty")
+        self.unit_tests, self.digits = list(config.unit_tests), list(config.score_digits)
+        folder = resolve_checkpoint(config.path, f"evaluator.{config.name}.path")
+        judge_fields = {f.name for f in dataclasses.fields(EvaluatorConfig)} | {"path", "backend", "unit_tests"}
+        settings = {key: value for key, value in dataclasses.asdict(config).items() if key not in judge_fields}
+        self.backend = open_backend(config.backend, folder, **settings)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
         conversations = [

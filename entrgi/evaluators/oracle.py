@@ -29,8 +29,8 @@ class ToyOracleConfig(EvaluatorConfig):
 class ToyOracle(Evaluator):
     """Scores (toy prompt, response) pairs with the oracle; a prompt from another benchmark is a config error."""
 
-    def __init__(self, name: str = "oracle", responses: str = "all"):
-        super().__init__(name, responses)
+    def __init__(self, config: ToyOracleConfig | None = None):
+        super().__init__(config if config is not None else ToyOracleConfig())
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
         judgements = []
