@@ -85,7 +85,8 @@ def compose():
 def random_model(random_paths):
     from entrgi.models import DiffusionLM, DiffusionLMConfig
 
-    return DiffusionLM(DiffusionLMConfig(path=str(random_paths["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu"))
+    return DiffusionLM(DiffusionLMConfig(path=str(random_paths["dllm"]), tokenizer_class="Qwen2Tokenizer",
+            device="cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +110,8 @@ def toy_model():
     from entrgi.models import DiffusionLM, DiffusionLMConfig
     from entrgi.toy.world import toy_world_path
 
-    return DiffusionLM(DiffusionLMConfig(path=str(toy_world_path("dllm")), tokenizer_class="Qwen2Tokenizer", device="cpu"))
+    return DiffusionLM(DiffusionLMConfig(path=str(toy_world_path("dllm")), tokenizer_class="Qwen2Tokenizer",
+            device="cpu"))
 
 
 @pytest.fixture(scope="session")

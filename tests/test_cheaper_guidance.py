@@ -9,13 +9,18 @@ import sys
 import pytest
 import torch
 
-from entrgi.guidance import NoGuidance, RewardGradientGuidance
-from entrgi.sampler import DiffusionSampler
-from entrgi.schedule import EntropySchedule, LowConfidenceSchedule, MaskGitPlusSchedule, OriginSchedule
-from entrgi.schedule import ScheduleConfig
-from entrgi.schedule import LowConfidenceConfig
-from entrgi.sampler import SamplerConfig
 from conftest import guidance_config
+
+from entrgi.guidance import NoGuidance, RewardGradientGuidance
+from entrgi.sampler import DiffusionSampler, SamplerConfig
+from entrgi.schedule import (
+    EntropySchedule,
+    LowConfidenceConfig,
+    LowConfidenceSchedule,
+    MaskGitPlusSchedule,
+    OriginSchedule,
+    ScheduleConfig,
+)
 
 PROMPTS = ["Describe the small cat.", "Why is the robot happy?"]
 IDS = ["p0", "p1"]

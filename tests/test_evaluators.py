@@ -232,7 +232,7 @@ def test_heldout_reward_scores_a_finished_run_without_touching_its_samples(tiny_
     heldout = RewardModel(RewardModelConfig(path=str(tiny_judges["reward"]), device="cpu"))
     judge = HeldOutRewardConfig(name="rm-held", responses="all",
                                 model=RewardModelConfig(path=str(tiny_judges["reward"])))
-    judge_run(run, HeldOutReward(judge, model=heldout))
+    judge_run(run, HeldOutReward(judge, reward=heldout))
     lines = [json.loads(line) for line in (run / "judgements" / "rm-held.jsonl").read_text().splitlines()]
     expected = heldout.score_texts(["Tell me about thing 0."] * 2 + ["Tell me about thing 1."] * 2,
                                    [POSITIVE, NEGATIVE, "Hello there.", "Why?"]).tolist()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import guidance_config
+
+from entrgi.components import build
 from entrgi.guidance import NoGuidance, RewardGradientGuidance
 from entrgi.guidance.mix import WEIGHT_RULES, weight_rule
-from entrgi.sampler import DiffusionSampler
-from entrgi.schedule import EntropySchedule
-from entrgi.schedule import ScheduleConfig
-from entrgi.sampler import SamplerConfig
-from conftest import guidance_config
-from entrgi.components import build
+from entrgi.sampler import DiffusionSampler, SamplerConfig
+from entrgi.schedule import EntropySchedule, ScheduleConfig
 
 PROMPTS = ["Describe the small cat.", "Why is the robot happy?", "Tell me a short story about a quiet garden."]
 IDS = ["p0", "p1", "p2"]

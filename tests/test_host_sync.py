@@ -15,14 +15,19 @@ import sys
 import pytest
 import torch
 
+from conftest import guidance_config
+
 from entrgi.guidance import NoGuidance, RewardGradientGuidance
 from entrgi.noise import TrajectoryNoise
-from entrgi.sampler import DiffusionSampler
-from entrgi.schedule import EntropySchedule, LowConfidenceSchedule, MaskGitPlusSchedule, OriginSchedule
-from entrgi.schedule import ScheduleConfig
-from entrgi.schedule import LowConfidenceConfig
-from entrgi.sampler import SamplerConfig
-from conftest import guidance_config
+from entrgi.sampler import DiffusionSampler, SamplerConfig
+from entrgi.schedule import (
+    EntropySchedule,
+    LowConfidenceConfig,
+    LowConfidenceSchedule,
+    MaskGitPlusSchedule,
+    OriginSchedule,
+    ScheduleConfig,
+)
 
 HOST_READS = ["item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__", "nonzero"]
 
@@ -56,7 +61,8 @@ def test_the_guard_catches_a_host_read():
 @pytest.mark.parametrize("rule", [None, "soft", "aps", "entrgi"])
 @pytest.mark.parametrize("schedule", [EntropySchedule, MaskGitPlusSchedule, OriginSchedule, LowConfidenceSchedule])
 def test_denoise_reads_nothing_back(random_model, random_reward, rule, schedule):
-    guidance = (RewardGradientGuidance(guidance_config(rule=rule, keep="best"), model=random_model, reward=random_reward)
+    guidance = (RewardGradientGuidance(guidance_config(rule=rule, keep="best"), model=random_model,
+            reward=random_reward)
                 if rule else NoGuidance())
     config = LowConfidenceConfig(steps=4, block_length=3) if schedule is LowConfidenceSchedule else \
         ScheduleConfig(steps=4, alg_temp=0.5)

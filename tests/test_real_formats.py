@@ -10,10 +10,9 @@ import torch
 
 from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 from entrgi.experiment import run_experiment
-from entrgi.schedule import LowConfidenceSchedule
+from entrgi.schedule import LowConfidenceConfig, LowConfidenceSchedule
 from entrgi.validation import ConfigError, validate
 from entrgi.components import build
-from entrgi.schedule import LowConfidenceConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 REAL_MODELS = ["dream-7b", "llada-8b"]
@@ -171,8 +170,10 @@ def test_peft_adapter_is_merged_into_the_reward_model(random_paths, tmp_path):
                 parameter.normal_(std=0.5, generator=torch.Generator().manual_seed(0))
     peft_model.save_pretrained(tmp_path / "adapter")
     prompts, responses = ["Describe the cat."], ["The cat is small."]
-    plain = RewardModel(RewardModelConfig(path=str(random_paths["reward"]), device="cpu")).score_texts(prompts, responses)
-    adapted = RewardModel(RewardModelConfig(path=str(random_paths["reward"]), adapter_path=str(tmp_path / "adapter"), device="cpu"))
+    plain = RewardModel(RewardModelConfig(path=str(random_paths["reward"]), device="cpu")).score_texts(prompts,
+            responses)
+    adapted = RewardModel(RewardModelConfig(path=str(random_paths["reward"]),
+            adapter_path=str(tmp_path / "adapter"), device="cpu"))
     scores = adapted.score_texts(prompts, responses)
     assert not torch.allclose(scores, plain)
     peft_model.eval()
@@ -187,7 +188,8 @@ def test_gradient_checkpointing_gives_the_same_scores_and_gradients(random_paths
 
     results = []
     for checkpointing in (False, True):
-        reward = RewardModel(RewardModelConfig(path=str(random_paths["reward"]), gradient_checkpointing=checkpointing, device="cpu"))
+        reward = RewardModel(RewardModelConfig(path=str(random_paths["reward"]),
+                gradient_checkpointing=checkpointing, device="cpu"))
         ids = reward.tokenizer(["The cat is small."], add_special_tokens=False)["input_ids"]
         embeds = reward.embedding_table[torch.tensor(ids)].detach().clone().requires_grad_(True)
         score = reward.score_embeds(reward.layout(["Describe the cat."], 1, len(ids[0])), embeds,

@@ -9,10 +9,8 @@ import torch
 from conftest import expected_commit_counts
 
 from entrgi.guidance import Guidance, GuidanceContext, NoGuidance, Steered
-from entrgi.sampler import DiffusionSampler
-from entrgi.schedule import EntropySchedule, MaskGitPlusSchedule, OriginSchedule, TopKMarginSchedule
-from entrgi.schedule import ScheduleConfig
-from entrgi.sampler import SamplerConfig
+from entrgi.sampler import DiffusionSampler, SamplerConfig
+from entrgi.schedule import EntropySchedule, MaskGitPlusSchedule, OriginSchedule, ScheduleConfig, TopKMarginSchedule
 
 RULES = {
     "entropy": EntropySchedule,
@@ -30,7 +28,8 @@ IDS = ["p-hi", "p-story", "p-robot", "p-ship"]
 def _sampler(model, rule: str, guidance=None, temperature: float = 0.7, **schedule_kw) -> DiffusionSampler:
     return DiffusionSampler(
         SamplerConfig(num_samples=K, max_new_tokens=LENGTH, temperature=temperature, top_p=0.95),
-        model=model, schedule=RULES[rule](ScheduleConfig(steps=STEPS, **schedule_kw)), guidance=guidance or NoGuidance(),
+        model=model, schedule=RULES[rule](ScheduleConfig(steps=STEPS,
+                **schedule_kw)), guidance=guidance or NoGuidance(),
     )
 
 

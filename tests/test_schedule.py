@@ -30,10 +30,10 @@ from entrgi.schedule import (
     EntropySchedule,
     MaskGitPlusSchedule,
     OriginSchedule,
+    ScheduleConfig,
     TopKMarginSchedule,
     UnmaskSchedule,
 )
-from entrgi.schedule import ScheduleConfig
 
 A, B, C, D, E, X, Y = range(7)
 EOS = 3
@@ -108,7 +108,8 @@ def test_committed_positions_are_never_chosen(rule):
     """X and Y are the most confident positions but already committed: never re-chosen."""
     for step in range(2):
         for alg_temp in (0.0, 1.0):
-            commit = rule(ScheduleConfig(steps=2, alg_temp=alg_temp)).commit_mask(MASKED, TOKENS, PROBS, step, _noise(), EOS)
+            commit = rule(ScheduleConfig(steps=2, alg_temp=alg_temp)).commit_mask(MASKED, TOKENS, PROBS, step,
+                    _noise(), EOS)
             assert not commit[0, X] and not commit[0, Y]
 
 
@@ -116,8 +117,10 @@ def test_eos_samples_go_last_when_deprioritised():
     """A is the most certain position under entropy, but its sampled token is EOS."""
     tokens = TOKENS.clone()
     tokens[0, A] = EOS
-    on = EntropySchedule(ScheduleConfig(steps=2, deprioritize_eos=True)).commit_mask(MASKED, tokens, PROBS, 0, _noise(), EOS)
-    off = EntropySchedule(ScheduleConfig(steps=2, deprioritize_eos=False)).commit_mask(MASKED, tokens, PROBS, 0, _noise(), EOS)
+    on = EntropySchedule(ScheduleConfig(steps=2, deprioritize_eos=True)).commit_mask(MASKED, tokens, PROBS, 0,
+            _noise(), EOS)
+    off = EntropySchedule(ScheduleConfig(steps=2, deprioritize_eos=False)).commit_mask(MASKED, tokens, PROBS, 0,
+            _noise(), EOS)
     assert _chosen(on) == {B, C}  # the next two by entropy
     assert _chosen(off) == {A, B}
 
@@ -165,7 +168,8 @@ def test_alg_temp_draws_exactly_n_positions_with_randomness():
     """alg_temp > 0 samples positions (Gumbel top-k) but always commits exactly n of them."""
     rows = 400
     masked, tokens, probs = MASKED.expand(rows, -1), TOKENS.expand(rows, -1), PROBS.expand(rows, -1, -1)
-    commit = MaskGitPlusSchedule(ScheduleConfig(steps=2, alg_temp=1.0)).commit_mask(masked, tokens, probs, 0, _noise(rows), EOS)
+    commit = MaskGitPlusSchedule(ScheduleConfig(steps=2, alg_temp=1.0)).commit_mask(masked, tokens, probs, 0,
+            _noise(rows), EOS)
     assert (commit.sum(-1) == 2).all()
     assert not commit[:, [X, Y]].any()
     patterns = {tuple(row.tolist()) for row in commit}
@@ -178,7 +182,8 @@ def test_tiny_alg_temp_matches_the_deterministic_choice():
     """As alg_temp → 0, sampling positions reduces to the top-n rule."""
     rows = 50
     masked, tokens, probs = MASKED.expand(rows, -1), TOKENS.expand(rows, -1), PROBS.expand(rows, -1, -1)
-    commit = MaskGitPlusSchedule(ScheduleConfig(steps=2, alg_temp=1e-4)).commit_mask(masked, tokens, probs, 0, _noise(rows), EOS)
+    commit = MaskGitPlusSchedule(ScheduleConfig(steps=2, alg_temp=1e-4)).commit_mask(masked, tokens, probs, 0,
+            _noise(rows), EOS)
     expected = torch.zeros(7, dtype=torch.bool)
     expected[[B, C]] = True
     assert (commit == expected).all()
@@ -194,7 +199,8 @@ class TestOrigin:
         masked[:, ::2] = False  # half the positions are already committed
         tokens = torch.zeros(self.ROWS, self.LENGTH, dtype=torch.long)
         probs = torch.full((self.ROWS, self.LENGTH, 4), 0.25)
-        commit = OriginSchedule(ScheduleConfig(steps=4)).commit_mask(masked, tokens, probs, step, _noise(self.ROWS), EOS)
+        commit = OriginSchedule(ScheduleConfig(steps=4)).commit_mask(masked, tokens, probs, step,
+                _noise(self.ROWS), EOS)
         assert not (commit & ~masked).any()
         return commit[masked].float().mean().item(), commit
 

@@ -221,7 +221,8 @@ def test_training_command_writes_a_loadable_world(tmp_path):
     assert (tmp_path / "prompts.jsonl").read_text() == prompts_path().read_text()
     assert json.loads((out / "training.json").read_text()) == json.loads(json.dumps(report))
     assert {"heldout_spearman", "sample_well_formed", "wall_seconds"} <= report.keys()
-    model = DiffusionLM(DiffusionLMConfig(path=str(out / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu"))
+    model = DiffusionLM(DiffusionLMConfig(path=str(out / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer",
+            device="cpu"))
     reward = RewardModel(RewardModelConfig(path=str(out / PARTS["reward"]), device="cpu"))
     assert model.mask_token_id == model.tokenizer.convert_tokens_to_ids("<|mask|>")
     assert reward.score_texts(["Describe a red fox."], ["The red fox sleeps."]).shape == (1,)

@@ -29,10 +29,10 @@ class HeldOutRewardConfig(EvaluatorConfig):
 class HeldOutReward(Evaluator):
     """Scores each (prompt, response) with a frozen sequence classifier; a non-finite score is a failure."""
 
-    def __init__(self, config: HeldOutRewardConfig, model: RewardModel | None = None):
-        """`model`: the RM of `config.model`, when it is loaded already; else it is loaded here."""
+    def __init__(self, config: HeldOutRewardConfig, reward: RewardModel | None = None):
+        """`reward`: the RM of `config.model` when it is loaded already; else it is loaded here."""
         super().__init__(config)
-        self.model = model if model is not None else RewardModel(config.model)
+        self.model = reward if reward is not None else RewardModel(config.model)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
         scores = self.model.score_texts(list(prompts), list(responses)).tolist()

@@ -17,12 +17,10 @@ import torch
 
 from entrgi.guidance import NoGuidance
 from entrgi.models import DiffusionLM
-from entrgi.sampler import DiffusionSampler
-from entrgi.schedule import EntropySchedule
+from entrgi.sampler import DiffusionSampler, SamplerConfig
+from entrgi.schedule import EntropySchedule, ScheduleConfig
 from entrgi.toy.grammar import LEXICON, PREPOSITIONS, parse_prompt, sample_response, sample_scene
 from entrgi.toy.oracle import oracle
-from entrgi.schedule import ScheduleConfig
-from entrgi.sampler import SamplerConfig
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
 _SLOT_OF = {word: field for field, words in LEXICON.items() for word in words}

@@ -72,7 +72,8 @@ def build_dllm(folder: Path, phases: list[tuple[list[tuple[str, str]], Diffusion
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as staging:  # the random start, loaded as any Dream checkpoint
         save_dream(Path(staging), Qwen2ForCausalLM(dream_config(tokenizer, DLLM_SIZE)), tokenizer)
-        model = DiffusionLM(DiffusionLMConfig(path=staging, tokenizer_class="Qwen2Tokenizer", device="cpu", dtype="float32"))
+        model = DiffusionLM(DiffusionLMConfig(path=staging, tokenizer_class="Qwen2Tokenizer", device="cpu",
+                dtype="float32"))
     report = []
     for pairs, settings in phases:
         losses = train_dllm(model, EncodedPairs.encode(model, pairs), settings, seed)
@@ -107,7 +108,8 @@ def reward_examples(model: DiffusionLM, pairs: list[tuple[str, str]], n_prompts:
 
 def evaluate(folder: Path, prompts: list[str], seed: int) -> dict:
     """The shipped checkpoints on the held-out prompts: sample quality and RM–oracle agreement."""
-    model = DiffusionLM(DiffusionLMConfig(path=str(folder / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu"))
+    model = DiffusionLM(DiffusionLMConfig(path=str(folder / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer",
+            device="cpu"))
     reward = RewardModel(RewardModelConfig(path=str(folder / PARTS["reward"]), device="cpu"))
     samples = sample_responses(model, prompts, seed, temperature=0.7, num_samples=4)
     held_out = evaluation_set(samples, seed)
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         phases = [(faithful, DiffusionTraining(steps=args.warmup_steps)),
                   (pairs, DiffusionTraining(steps=args.dllm_steps))]
         report["dllm"] = build_dllm(staging / PARTS["dllm"], phases, args.seed)
-        shipped = DiffusionLM(DiffusionLMConfig(path=str(staging / PARTS["dllm"]), tokenizer_class="Qwen2Tokenizer", device="cpu"))
+        shipped = DiffusionLM(DiffusionLMConfig(path=str(staging / PARTS["dllm"]),
+                tokenizer_class="Qwen2Tokenizer", device="cpu"))
         examples = reward_examples(shipped, corpus(args.corpus_pairs // 2, args.seed + 1, exclude=set(held_out)),
                                    args.reward_prompts, args.seed)
         report["reward"] = build_reward(staging / PARTS["reward"], examples, pairs,
