@@ -16,8 +16,8 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from entrgi.schemas import schema
-from entrgi.weights import ResourceUnavailable, hub_reachable
 from entrgi.validation import ConfigError, ranged
+from entrgi.weights import ResourceUnavailable, hub_reachable
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
 from entrgi.components import build
-from entrgi.weights import ResourceUnavailable
 from entrgi.evaluators.judging import Judged, apply_evaluators, finished_runs
 from entrgi.evaluators.scores import field_key
 from entrgi.loggers import wandb_run_id
 from entrgi.reporting.runs import Run, load_run
 from entrgi.validation import ConfigError, validate
+from entrgi.weights import ResourceUnavailable
 
 log = logging.getLogger(__name__)
 

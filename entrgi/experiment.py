@@ -26,14 +26,14 @@ from tqdm.auto import tqdm
 
 from entrgi.benchmarks import Prompt
 from entrgi.components import build
-from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
 from entrgi.reporting.runs import load_run
 from entrgi.rewards import RewardModel
-from entrgi.sampler import DiffusionSampler
 from entrgi.run_directory import Progress, RunDirectory, additive, counts_increment, sum_increments
+from entrgi.sampler import DiffusionSampler
 from entrgi.validation import validate
+from entrgi.weights import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

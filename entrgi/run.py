@@ -20,9 +20,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
-from entrgi.weights import ResourceUnavailable
 from entrgi.sweeps import SWEEP_SUMMARY, JobFailed, clear_error, write_error
 from entrgi.validation import ConfigError
+from entrgi.weights import ResourceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from entrgi.weights import ResourceUnavailable
 from entrgi.validation import ConfigError
+from entrgi.weights import ResourceUnavailable
 
 # The files of a run directory, named here only (the runner, the report, the judges and the sweep
 # summary read them through these names).

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from entrgi.schemas import schema
 from entrgi.noise import Stream, TrajectoryNoise
+from entrgi.schemas import schema
 from entrgi.validation import ConfigError, one_of, ranged
 
 # Rank key of a masked position whose sampled token is EOS: below every real confidence,

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import guidance_config
 
 from entrgi.guidance import NoGuidance, RewardGradientGuidance

@@ -8,9 +8,9 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 from entrgi.models import DiffusionLM, DiffusionLMConfig
 from entrgi.random_world import ensure_random_world
+from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 
 PROMPT = "Describe the small cat."
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from entrgi.weights import WeightsUnavailable, resolve_checkpoint
+from entrgi.components import build
 from entrgi.experiment import run_experiment
 from entrgi.schedule import LowConfidenceConfig, LowConfidenceSchedule
 from entrgi.validation import ConfigError, validate
-from entrgi.components import build
+from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 REAL_MODELS = ["dream-7b", "llada-8b"]

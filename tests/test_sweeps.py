@@ -21,8 +21,8 @@ import yaml
 
 from entrgi.experiment import run_experiment
 from entrgi.reporting.runs import collect_runs, load_run
-from entrgi.sweeps import job_dir_name, sweep_dir_name
 from entrgi.run_directory import RunDirectory, RunDirectoryBusy, RunDirectoryMismatch
+from entrgi.sweeps import job_dir_name, sweep_dir_name
 
 SMALL = ["experiment=tiny", "logger=none", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=4"]
 

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import transformers
 
-from entrgi.weights import resolve_device, resolve_dtype
 from entrgi.evaluators.base import release_memory
 from entrgi.validation import ConfigError
+from entrgi.weights import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ generation lock, which marks a job as running).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,12 +19,12 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from entrgi.components import build
-from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import Evaluator
 from entrgi.evaluators.scores import FIELDS, field_key, judged_indices, prompt_line, summary_fields
 from entrgi.reporting.runs import Incomplete, ReportError, find_run_dirs, load_run
-from entrgi.run_directory import JUDGEMENTS, JUDGEMENTS_LOCK, SUMMARY, RunDirectory
+from entrgi.run_directory import JUDGEMENTS, JUDGEMENTS_LOCK, RunDirectory
 from entrgi.validation import ConfigError
+from entrgi.weights import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from entrgi.schemas import schema
-from entrgi.weights import resolve_checkpoint
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
 from entrgi.evaluators.greedy import GreedyOutput, open_backend
+from entrgi.schemas import schema
 from entrgi.validation import one_of, ranged
+from entrgi.weights import resolve_checkpoint
 
 # The paper's five generic unit tests (SPEC §5), worded as in the authors' evaluation script.
 UNIT_TESTS = (

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from entrgi.schemas import schema
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
+from entrgi.schemas import schema
 from entrgi.toy.oracle import oracle
 from entrgi.validation import ConfigError, one_of
 

@@ -12,9 +12,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from entrgi.schemas import schema
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement, release_memory
 from entrgi.rewards import RewardModel, RewardModelConfig
+from entrgi.schemas import schema
 
 
 @schema("evaluator", "reward")

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from entrgi.schemas import schema
 from entrgi.noise import TrajectoryNoise
+from entrgi.schemas import schema
 
 
 @dataclass

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from entrgi.schemas import schema
 from entrgi.categorical import sample_nucleus
 from entrgi.guidance.base import Guidance, GuidanceConfig, GuidanceContext, Steered
 from entrgi.guidance.mix import WEIGHT_RULES, entropy, lookup_rule, mix_weight, relaxed_embeddings
@@ -22,6 +21,7 @@ from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
 from entrgi.rewards import RewardModel
 from entrgi.rewards.vocab_bridge import build_vocab_bridge
+from entrgi.schemas import schema
 from entrgi.validation import ConfigError, one_of, ranged, registered
 
 log = logging.getLogger(__name__)

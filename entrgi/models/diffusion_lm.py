@@ -18,8 +18,8 @@ from omegaconf import MISSING
 from transformers.masking_utils import create_bidirectional_mask
 
 from entrgi.schemas import schema
-from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
 from entrgi.validation import one_of
+from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
 
 # Keys of a remote-code config.json that must not reach transformers' own config class.
 _REMOTE_CONFIG_KEYS = ("model_type", "auto_map", "architectures", "transformers_version")

@@ -25,7 +25,17 @@ import yaml
 
 from entrgi.evaluators.scores import summary_fields
 from entrgi.run_directory import (
-    CONFIG, ERROR, FIGURES, HISTOGRAM, JUDGEMENTS, METADATA, SAMPLES, STEPS, SUMMARY, WANDB, read_jsonl,
+    CONFIG,
+    ERROR,
+    FIGURES,
+    HISTOGRAM,
+    JUDGEMENTS,
+    METADATA,
+    SAMPLES,
+    STEPS,
+    SUMMARY,
+    WANDB,
+    read_jsonl,
 )
 
 # Folders inside a job directory (or beside it) that are never runs themselves.

@@ -18,8 +18,8 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from entrgi.schemas import schema
-from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
 from entrgi.validation import one_of, ranged
+from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
 
 
 @schema("reward")
