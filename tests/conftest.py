@@ -4,6 +4,7 @@ toy world, composed configs."""
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The configs as the commands read them (`pkg://entrgi.conf`): the repository's conf/ in an editable install.
+CONF_MODULE = "entrgi.conf"
+CONF = Path(str(files(CONF_MODULE)))
 
 
 def expected_commit_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list[int]:
@@ -57,14 +60,14 @@ def tiny_paths(tiny_cache) -> dict[str, Path]:
 def compose():
     """compose(overrides) -> the composed run config, exactly as `python -m entrgi.run` builds it."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     import entrgi.config  # noqa: F401
 
     def _compose(overrides: list[str] | tuple[str, ...] = ()):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve
         with open_dict(cfg):

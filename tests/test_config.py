@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONF
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
 
 from entrgi.validation import ConfigError, validate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "reward", "guidance", "schedule", "benchmark", "logger")
 
 

@@ -17,8 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONF_MODULE
 from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from hydra import initialize_config_module
 from test_loggers import _records, offline_wandb  # noqa: F401  (a fixture, used below)
 from test_report import write_run
 
@@ -43,7 +44,6 @@ from entrgi.reporting.runs import load_run, merge_shards
 from entrgi.rewards import RewardModel
 from entrgi.validation import ConfigError, validate
 
-REPO = Path(__file__).resolve().parents[1]
 DIGITS = [1, 2, 3, 4, 5]
 POSITIVE = "The happy robot is bright, warm and gentle."
 NEGATIVE = "The old robot is strange, quiet and small."
@@ -263,7 +263,7 @@ def test_a_rerun_replaces_only_its_own_fields(tmp_path):
 
 
 def _evaluate_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return hydra_compose(config_name="evaluate", overrides=overrides)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CONF_MODULE
 
 from entrgi.experiment import run_experiment
 from entrgi.reporting.runs import collect_runs, load_run
@@ -88,13 +89,13 @@ def test_device_pool(monkeypatch):
 
 
 def test_launcher_configs_compose(monkeypatch):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     import entrgi.config  # noqa: F401  (the schemas)
 
     monkeypatch.setenv("SBATCH_ACCOUNT", "lab")
     monkeypatch.delenv("SBATCH_PARTITION", raising=False)
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         slurm = compose("config", ["hydra/launcher=slurm"], return_hydra_config=True).hydra
         local = compose("config", ["hydra/launcher=local-gpus"], return_hydra_config=True).hydra
     assert slurm.launcher.gres == "gpu:1" and slurm.launcher.account == "lab" and slurm.launcher.partition is None
