@@ -103,7 +103,8 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     guidance = instantiate(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler.from_config(model, schedule, guidance, cfg.sampler)
     logger = instantiate(cfg.logger)
-    logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    logger.start(config, run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
     summary, completed = None, False
     try:
         logger.resume(done.batches())  # earlier attempts' batches: the W&B run goes on after them

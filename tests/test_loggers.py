@@ -154,7 +154,8 @@ def test_failed_job_still_finishes_its_run_as_failed(compose, offline_wandb, mon
 
 
 def _history(offline: Path, key: str) -> list:
-    return [r["history"]["item"][key] for r in _decode(offline) if r["type"] == "history" and key in r["history"]["item"]]
+    items = [r["history"]["item"] for r in _decode(offline) if r["type"] == "history"]
+    return [item[key] for item in items if key in item]
 
 
 def _stop_at_batch(monkeypatch, n: int) -> None:

@@ -6,11 +6,19 @@ unit tests. For each (query, response, unit test) the judge reads
     Query: <query>\n\nResponse: <response>\n\nUnit Test: <unit test>
 
 as the user turn of its chat template and answers greedily with JSON such as `{"score": 4}`.
-The score is not the digit it wrote but the probability-weighted mean of the score digits
-1–5 at that position, read from the token's top log-probabilities (LMUnit's continuous
-1–5 scale). A response's LMUnit score is the mean over the unit tests; if the judge's answer
-to any of them cannot be parsed (no score token, no probability on any digit) the response
-is a failure, since a mean over a different subset of tests is not comparable.
+The score is not the digit it wrote but the probability-weighted mean of the score digits at
+that position, read from the token's top log-probabilities and renormalised over the digits
+found there. A response's LMUnit score is the mean over the unit tests. Two scorings
+(`LMUnitScoring`, the config field `scoring`):
+
+* `paper` (default): as the `lmunit` package (`LMUnit.score_from_top_logprobs` and
+  `postprocess`) and the EntRGi authors' evaluation script score it, so the numbers compare
+  with the paper's LMUnit column: digits 0–6; a unit test whose answer cannot be parsed (no
+  score token, a score token that is not one of those digits, no probability on any of them)
+  scores 0 and is averaged in.
+* `strict`: digits 1–5 (LMUnit's documented scale); a response with any unparsable unit test
+  is a failure (score None: counted, left out of the means), since a mean over a different
+  subset of tests, or with invented zeros, is not comparable.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from entrgi.checkpoints import resolve_checkpoint
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
@@ -35,6 +44,18 @@ UNIT_TESTS = (
 SCORE_KEY = "score"
 
 
+class LMUnitScoring(Enum):
+    """How a judge's answers become a score (the module docstring); the member name is the config value."""
+
+    paper = "paper"  # the lmunit package's rule: digits 0–6, an unparsable unit test scores 0
+    strict = "strict"  # digits 1–5, an unparsable unit test makes the response a failure
+
+    @property
+    def digits(self) -> tuple[int, ...]:
+        """The score scale: the digit tokens the score is the probability-weighted mean of."""
+        return tuple(range(0, 7)) if self is LMUnitScoring.paper else tuple(range(1, 6))
+
+
 @dataclass
 class LMUnitConfig(EvaluatorConfig):
     """The `evaluator=lmunit` options (the judge model and how it is served)."""
@@ -43,7 +64,7 @@ class LMUnitConfig(EvaluatorConfig):
     name: str = "lmunit"
     path: str = "ContextualAI/LMUnit-qwen2.5-72b"
     unit_tests: list[str] = field(default_factory=lambda: list(UNIT_TESTS))
-    score_digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    scoring: LMUnitScoring = LMUnitScoring.paper
     # auto: vLLM when installed and a GPU is visible, else transformers.
     backend: str = one_of("auto", "auto", "vllm", "transformers")
     max_new_tokens: int = ranged(10, low=1)  # `{"score": 4}` fits in fewer
@@ -90,32 +111,41 @@ def digit_score(top_logprobs: Iterable[tuple[str, float]], digits: Sequence[int]
     return weighted / mass if mass > 0 else None
 
 
-def parse_score(output: GreedyOutput, digits: Sequence[int]) -> float | None:
-    """The judge's score for one unit test, or None when its answer cannot be parsed."""
+def parse_score(output: GreedyOutput, scoring: LMUnitScoring) -> float | None:
+    """The judge's score for one unit test, or None when its answer cannot be parsed.
+
+    `paper` also requires the token written at the score position to be one of its digits (the
+    package scores any other answer 0); both then weight the digits among that position's top tokens.
+    """
     position = score_position(output.tokens)
     if position is None or position >= len(output.top_logprobs):
         return None
-    return digit_score(output.top_logprobs[position], digits)
-
-
-def combine(scores: Sequence[float | None]) -> float | None:
-    """A response's score: the mean over its unit tests, None if any of them failed."""
-    if not scores or any(s is None for s in scores):
+    if scoring is LMUnitScoring.paper and output.tokens[position].strip() not in {str(d) for d in scoring.digits}:
         return None
-    return sum(scores) / len(scores)
+    return digit_score(output.top_logprobs[position], scoring.digits)
+
+
+def combine(scores: Sequence[float | None], scoring: LMUnitScoring) -> float | None:
+    """A response's score, the mean over its unit tests (None: unparsable): `paper` counts an
+    unparsable test as 0; `strict` fails the response (None) if any test is unparsable."""
+    if not scores:
+        return None
+    if scoring is LMUnitScoring.strict and any(s is None for s in scores):
+        return None
+    return sum(0.0 if s is None else s for s in scores) / len(scores)
 
 
 class LMUnitJudge(Evaluator):
     """Every response × every unit test as one greedy request, all batched through one backend."""
 
     def __init__(self, name: str = "lmunit", responses: str = "top1", path: str = LMUnitConfig.path,
-                 unit_tests: Sequence[str] = UNIT_TESTS, score_digits: Sequence[int] = (1, 2, 3, 4, 5),
+                 unit_tests: Sequence[str] = UNIT_TESTS, scoring: LMUnitScoring | str = LMUnitScoring.paper,
                  backend: str = "auto", max_new_tokens: int = 10, top_logprobs: int = 20, **backend_settings):
         """
         Args:
             path: Hub id or local folder of the judge (a causal LM with a chat template).
             unit_tests: the natural-language tests each response is scored on.
-            score_digits: the digit tokens that make up the score scale.
+            scoring: `paper` (the lmunit package's rule) or `strict` (`LMUnitScoring`).
             backend: `vllm`, `transformers` or `auto`; `backend_settings` go to it
                 (batch_size, tensor_parallel_size, device, dtype, trust_remote_code, …).
             max_new_tokens: the answer's length limit; top_logprobs: how many log-probs per token.
@@ -123,7 +153,7 @@ class LMUnitJudge(Evaluator):
         super().__init__(name, responses)
         if not unit_tests:
             raise ValueError(f"evaluator {name}: unit_tests is empty")
-        self.unit_tests, self.digits = list(unit_tests), list(score_digits)
+        self.unit_tests, self.scoring = list(unit_tests), LMUnitScoring(scoring)
         folder = resolve_checkpoint(path, f"evaluator.{name}.path")
         self.backend = open_backend(backend, folder, max_new_tokens=max_new_tokens, top_logprobs=top_logprobs,
                                     **backend_settings)
@@ -138,11 +168,11 @@ class LMUnitJudge(Evaluator):
         judgements = []
         for i in range(len(responses)):
             answers = outputs[i * n : (i + 1) * n]
-            scores = [parse_score(answer, self.digits) for answer in answers]
+            scores = [parse_score(answer, self.scoring) for answer in answers]
             details = {"unit_tests": scores}
             if None in scores:  # what the judge said where it failed, to see why
                 details["unparsed"] = [a.text for a, s in zip(answers, scores, strict=True) if s is None]
-            judgements.append(Judgement(combine(scores), details))
+            judgements.append(Judgement(combine(scores, self.scoring), details))
         return judgements
 
     def close(self) -> None:
