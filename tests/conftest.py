@@ -35,6 +35,18 @@ def expected_commit_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list
     return counts
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped, with the reason, where there is none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """A run that collected no test is a failure for CI, not a success."""
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:

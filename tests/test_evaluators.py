@@ -359,6 +359,7 @@ SMALL = ["experiment=tiny", "model.path=${entrgi.tiny_world:dllm}", "reward.path
          "sampler.num_samples=2", "sampler.batch_size=2"]
 
 
+@pytest.mark.slow
 def test_judges_after_generation_in_the_run_and_in_wandb(compose, offline_wandb, tiny_judges):  # noqa: F811
     out = offline_wandb / "job"
     cfg = compose(SMALL + ["logger=wandb", "logger.mode=offline", "evaluator=[tiny-reward]",
@@ -410,6 +411,7 @@ def test_judges_after_generation_in_the_run_and_in_wandb(compose, offline_wandb,
         json.loads((out / "summary.json").read_text())["tiny-judge_top1_mean"])
 
 
+@pytest.mark.slow
 def test_cli_judges_a_run_and_refuses_an_unfinished_one(tmp_path, tiny_judges):
     run = _finished_run(tmp_path / "outputs" / "experiment=tiny,seed=1", [[POSITIVE, "b"], [NEGATIVE, "d"]],
                         best=[0, 0])
