@@ -21,6 +21,7 @@ import glob
 import logging
 import os
 import sys
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,12 @@ import entrgi.config  # noqa: F401  (registers the structured configs and resolv
 from entrgi.components import build
 from entrgi.evaluators.judging import Judged, apply_evaluators, finished_runs
 from entrgi.evaluators.scores import field_key
-from entrgi.loggers import wandb_run_id
 from entrgi.reporting.runs import Run, load_run
 from entrgi.validation import ConfigError, validate
 from entrgi.weights import ResourceUnavailable
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # Hydra's options that take the next argument as their value (never a run directory).
 _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package",
                 "-p", "--experimental-rerun"}
@@ -76,7 +75,8 @@ def evaluate(cfg: DictConfig) -> dict[Path, dict[str, Any]]:
     """Judge every run of `cfg.runs` with every evaluator; returns each judged run's new summary."""
     validate(cfg)
     if not cfg.evaluator:
-        options = ", ".join(sorted(p.stem for p in (CONF / "evaluator").glob("*.yaml")))
+        shipped = files("entrgi.conf").joinpath("evaluator").iterdir()
+        options = ", ".join(sorted(p.name.removesuffix(".yaml") for p in shipped if p.name.endswith(".yaml")))
         raise ConfigError(f"evaluator is empty: name the judges, e.g. evaluator=[lmunit] (options: {options})")
     if not cfg.runs:
         raise ConfigError("no runs to judge: pass run or sweep directories, e.g. "
@@ -97,7 +97,7 @@ def _log(logger_cfg: DictConfig, run: Run, judged: Judged) -> None:
     if "group" in logger_cfg:
         logger_cfg = OmegaConf.merge(logger_cfg, {"group": run.method})
     logger = build(logger_cfg)
-    logger.start(run.config, run.path, name=f"{run.method}-seed{run.seed}", resume_id=wandb_run_id(run.path))
+    logger.start(run.config, run.path, name=f"{run.method}-seed{run.seed}")  # the job's own run, continued
     completed = False
     try:
         for name, lines in judged.items():
@@ -119,7 +119,7 @@ def _describe(summary: dict[str, Any], names: list[str]) -> str:
     return "; ".join(parts)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://entrgi.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -136,6 +136,11 @@ def main(cfg: DictConfig) -> None:
         print("nothing to judge: every run already holds these judgements (skip_judged=true)")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`entrgi-evaluate` and `python -m entrgi.evaluate`: run paths become the `runs` override, then Hydra."""
     sys.argv[1:] = paths_to_override(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,8 +5,8 @@ summary without loading a model; otherwise the prompts already committed to `sam
 are kept and only the others are generated. The summary, the step statistics and the
 entropy/error histogram always cover every prompt of the job, those of earlier attempts
 included (histogram counts are persisted per batch in `artifact_parts.jsonl`); `wall_seconds`
-is the generation time of the attempt that finished the job. A resumed job's W&B run replays
-the committed batches first, so it too covers every prompt. `run.overwrite=true` starts afresh.
+is the generation time of the attempt that finished the job. A resumed job continues its own
+W&B run (`entrgi.loggers`), which then covers every prompt. `run.overwrite=true` starts afresh.
 
 The judges of `cfg.evaluator` score the saved responses once generation is complete and
 `summary.json` written (the dLLM and the guiding RM are freed first); a rerun of a finished
@@ -103,11 +103,11 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     guidance = build(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
     logger = build(cfg.logger)
-    logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    logger.start(config, run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
     summary, completed = None, False
     try:
-        for records, steps in done.batches():  # earlier attempts' batches, so the W&B run covers them too
-            logger.log_batch(records, steps)
+        logger.resume(done.batches())  # earlier attempts' batches: the W&B run goes on after them
         todo = [p for p in prompts if p.id not in done.ids]
         state = Progress(records=list(done.records), steps=list(done.steps), parts=list(done.parts))
         summary = _generate_all(cfg, todo, state, sampler, guidance, reward, run_dir, logger)

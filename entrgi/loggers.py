@@ -3,21 +3,28 @@
 The runner calls `start`, then `log_batch` after each batch of prompts (host numbers only:
 nothing here waits on the GPU inside the denoising loop), `log_judgements` once per judge of
 the saved responses, then `finish` from a `finally`, so the W&B run is always closed, and
-marked failed when the job raised. `python -m entrgi.evaluate` reopens a job's W&B run
-(`resume_id`) to add its judges' scores.
+marked failed when the job raised.
+
+One job is one W&B run across restarts: its id comes from the job directory (`wandb_run_id`) and
+the run is opened with W&B's own `resume="allow"`, so a resumed job, and `python -m
+entrgi.evaluate` adding judges' scores later, continue the job's run. A resumed job hands its
+earlier attempts' batches to `resume`, which logs them only when W&B holds none of this run yet.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import netrc
 import os
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from entrgi.run_directory import METADATA
 from entrgi.schemas import schema
 from entrgi.validation import one_of
 
@@ -30,11 +37,14 @@ class NullLogger:
     def __init__(self, config: Any = None):
         self.config = config
 
-    def start(self, config: dict[str, Any], output_dir: Path, name: str, resume_id: str | None = None) -> None:
-        """Open the run (`resume_id`: add to the run with that id)."""
+    def start(self, config: dict[str, Any], output_dir: Path, name: str) -> None:
+        """Open the job's run (the one with id `wandb_run_id(output_dir)`, created or continued)."""
 
     def log_batch(self, samples: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
         """One finished batch: its samples.jsonl records and its steps.jsonl rows."""
+
+    def resume(self, batches: Iterable[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
+        """The batches earlier attempts of this job committed, (records, steps) each, in order."""
 
     def log_judgements(self, name: str, lines: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
         """One judge's per-prompt lines (`entrgi.evaluators.scores`) and the samples.jsonl records they judge."""
@@ -87,16 +97,37 @@ def step_metrics(row: dict[str, Any], index: int) -> dict[str, Any]:
     return metrics
 
 
-_RUN_DIR = re.compile(r"(?:offline-)?run-\d{8}_\d{6}-([a-z0-9]+)(?:-\d+)?")
+_RUN_DIR = re.compile(r"(offline-)?run-\d{8}_\d{6}-([a-z0-9]+)(?:-\d+)?")  # -1, -2: same id, same second
 
 
-def wandb_run_id(output_dir: Path) -> str | None:
-    """The id of the W&B run a job wrote under `<output_dir>/wandb`, if any (to add to it later)."""
-    for path in sorted((Path(output_dir) / "wandb").glob("*run-*")):
+def local_runs(output_dir: Path) -> list[tuple[Path, str, bool]]:
+    """(folder, run id, offline) of each W&B run written under `<output_dir>/wandb`, oldest first."""
+    runs = []
+    for path in sorted((Path(output_dir) / "wandb").glob("*run-*"), key=lambda p: p.name.removeprefix("offline-")):
         match = _RUN_DIR.fullmatch(path.name)
         if match and path.is_dir():
-            return match.group(1)
-    return None
+            runs.append((path, match.group(2), bool(match.group(1))))
+    return runs
+
+
+def wandb_run_id(output_dir: Path) -> str:
+    """The W&B run id of the job in `output_dir`, the same at every restart.
+
+    The id of a W&B run already written under `<output_dir>/wandb` (so a moved or copied job
+    directory keeps its run), else 16 hex digits of SHA-256 over the resolved absolute directory
+    and the start time of the job's first attempt (`run.json`), so `run.overwrite=true`, which
+    deletes both, starts a new W&B run instead of reopening the old one.
+    """
+    output_dir = Path(output_dir)
+    for _, run_id, _ in local_runs(output_dir):
+        return run_id
+    first_start = ""
+    metadata = output_dir / METADATA
+    if metadata.is_file():
+        attempts = json.loads(metadata.read_text()).get("attempts") or [{}]
+        first_start = repr(attempts[0].get("started", ""))
+    key = f"{output_dir.resolve()}\n{first_start}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def judgement_table_row(line: dict[str, Any], record: dict[str, Any]) -> list[Any]:
@@ -142,7 +173,7 @@ class WandbLogger(NullLogger):
             return self.config.mode
         return os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
 
-    def start(self, config, output_dir, name, resume_id=None):
+    def start(self, config, output_dir, name):
         import wandb
 
         self.output_dir = Path(output_dir)
@@ -150,8 +181,8 @@ class WandbLogger(NullLogger):
         self.run = wandb.init(
             project=self.config.project, entity=self.config.entity, group=self.config.group,
             tags=list(self.config.tags), name=name,
-            config=config, dir=str(output_dir), mode=self.resolved_mode(), id=resume_id,
-            resume="allow" if resume_id else None,
+            config=config, dir=str(output_dir), mode=self.resolved_mode(), id=wandb_run_id(self.output_dir),
+            resume="allow",
         )
         self.run.define_metric("denoise/index")
         self.run.define_metric("denoise/*", step_metric="denoise/index")
@@ -175,6 +206,29 @@ class WandbLogger(NullLogger):
             "running/top1_mean": sum(r["top1"] for r in self._samples) / n,
             "running/avgk_mean": sum(r["avgk"] for r in self._samples) / n,
         })
+
+    def resume(self, batches):
+        """Logs the earlier batches only when W&B holds none of this run (the earlier attempts ran with
+        W&B disabled); otherwise counts them, so `prompts_done`, the running means, `denoise/index`
+        and the final samples table go on from where the run stopped."""
+        if not self.recording:
+            return
+        replay = not self._has_history()
+        for records, steps in batches:
+            if replay:
+                self.log_batch(records, steps)
+            else:
+                self._samples += records
+                self._steps_logged += len(steps)
+
+    def _has_history(self) -> bool:
+        """W&B continued this run (online), or an earlier offline run of this id lies in the job
+        directory (`wandb sync` uploads both into the one run, in order)."""
+        if self.run.resumed:
+            return True
+        current = Path(self.run.dir).parent
+        return any(path != current and run_id == self.run.id and offline
+                   for path, run_id, offline in local_runs(self.output_dir))
 
     def log_judgements(self, name, lines, records):
         if not self.recording:

@@ -147,7 +147,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="perf")
+@hydra.main(version_base="1.3", config_path="pkg://entrgi.conf", config_name="perf")
 def main(cfg: DictConfig) -> None:
     validate(cfg)
     model, reward = build(cfg.model), build(cfg.reward)

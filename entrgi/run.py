@@ -27,7 +27,7 @@ from entrgi.weights import ResourceUnavailable
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://entrgi.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from entrgi.experiment import run_experiment
 

@@ -4,6 +4,7 @@ toy world, composed configs."""
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The configs as the commands read them (`pkg://entrgi.conf`): the repository's conf/ in an editable install.
+CONF_MODULE = "entrgi.conf"
+CONF = Path(str(files(CONF_MODULE)))
 
 
 def expected_commit_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list[int]:
@@ -38,6 +41,17 @@ def guidance_config(**options):
 
     return RewardGradientConfig(**{"temperature": 0.7, "top_p": 0.95, **options})
 
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped, with the reason, where there is none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 def pytest_sessionfinish(session, exitstatus):
     """A run that collected no test is a failure for CI, not a success."""
@@ -64,14 +78,14 @@ def random_paths(entrgi_cache) -> dict[str, Path]:
 def compose():
     """compose(overrides) -> the composed run config, exactly as `python -m entrgi.run` builds it."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     import entrgi.config  # noqa: F401
 
     def _compose(overrides: list[str] | tuple[str, ...] = ()):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve
         with open_dict(cfg):

@@ -84,6 +84,7 @@ def test_focus_optimises_only_the_positions_about_to_be_committed(random_model, 
     assert torch.equal(changed.nonzero()[:, 1].view(4, -1), expected)
 
 
+@pytest.mark.slow
 def test_perf_command_writes_its_table(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "entrgi.perf", "experiment=tiny", "perf.methods=[none,entrgi]", "perf.repeats=1",
@@ -96,6 +97,6 @@ def test_perf_command_writes_its_table(tmp_path):
     results = json.loads((tmp_path / "perf.json").read_text())["results"]
     entrgi = results["entrgi"]["seconds_per_step"]
     assert entrgi["rm_forward"] > 0 and entrgi["rm_backward"] > 0 and entrgi["dllm_forward"] > 0
-    parts = entrgi["dllm_forward"] + entrgi["rm_forward"] + entrgi["rm_backward"] + entrgi["overhead"]
-    assert parts == pytest.approx(entrgi["total"], rel=1e-6)
+    # The three measured parts are disjoint spans inside the step: something is left for the rest.
+    assert 0 < entrgi["overhead"] < entrgi["total"]
     assert results["none"]["seconds_per_step"]["rm_forward"] == 0

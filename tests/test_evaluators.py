@@ -17,8 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONF_MODULE
 from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from hydra import initialize_config_module
 from test_loggers import _records, offline_wandb  # noqa: F401  (a fixture, used below)
 from test_report import write_run
 
@@ -30,6 +31,7 @@ from entrgi.evaluators.lmunit import (
     UNIT_TESTS,
     LMUnitConfig,
     LMUnitJudge,
+    LMUnitScoring,
     combine,
     digit_score,
     parse_score,
@@ -44,8 +46,8 @@ from entrgi.reporting.runs import load_run, merge_shards
 from entrgi.rewards import RewardModel, RewardModelConfig
 from entrgi.validation import ConfigError, validate
 
-REPO = Path(__file__).resolve().parents[1]
-DIGITS = [1, 2, 3, 4, 5]
+DIGITS = [1, 2, 3, 4, 5]  # the strict scale
+PAPER, STRICT = LMUnitScoring.paper, LMUnitScoring.strict
 POSITIVE = "The happy robot is bright, warm and gentle."
 NEGATIVE = "The old robot is strange, quiet and small."
 
@@ -78,12 +80,27 @@ def test_the_score_is_read_at_the_number_after_the_score_key():
     answer = _answer([("1", 0.0)], [(' {"', 0.0)], [("score", 0.0)], [('":', 0.0)], [(" ", 0.0)],
                      [("2", math.log(0.75)), ("4", math.log(0.25))], [("}", 0.0)])
     assert score_position(answer.tokens) == 5  # not the "1" before the key
-    assert parse_score(answer, DIGITS) == pytest.approx(0.75 * 2 + 0.25 * 4)
-    assert parse_score(_answer([("I", 0.0)], [(" cannot", 0.0)]), DIGITS) is None  # no score key
-    assert parse_score(_answer([('{"', 0.0)], [("score", 0.0)], [('":', 0.0)]), DIGITS) is None  # cut short
-    assert combine([2.0, 4.0, 3.0]) == 3.0
-    assert combine([2.0, None, 3.0]) is None and combine([]) is None
+    for scoring in LMUnitScoring:
+        assert parse_score(answer, scoring) == pytest.approx(0.75 * 2 + 0.25 * 4)
+        assert parse_score(_answer([("I", 0.0)], [(" cannot", 0.0)]), scoring) is None  # no score key
+        assert parse_score(_answer([('{"', 0.0)], [("score", 0.0)], [('":', 0.0)]), scoring) is None  # cut short
     assert unit_test_prompt("q", "r", "t") == "Query: q\n\nResponse: r\n\nUnit Test: t"
+
+
+def test_paper_scoring_weights_the_digits_0_to_6_and_counts_failures_as_0():
+    """The lmunit package's rule: (0·0.2 + 6·0.3 + 3·0.4) / (0.2 + 0.3 + 0.4) among the top tokens (7 and the
+    non-digit ignored); strict weighs only 3 of them. A written score off the 0–6 scale is unparsable for
+    paper (the package scores it 0), a unit test without digits too; paper averages those zeros in."""
+    answer = _json_answer({"3": 0.4, "6": 0.3, "0": 0.2, "7": 0.05, "x": 0.05})
+    assert parse_score(answer, PAPER) == pytest.approx((0 * 0.2 + 6 * 0.3 + 3 * 0.4) / 0.9)
+    assert parse_score(answer, STRICT) == pytest.approx(3.0)
+    off_scale = _json_answer({"9": 0.6, "4": 0.4})
+    assert parse_score(off_scale, PAPER) is None and parse_score(off_scale, STRICT) == pytest.approx(4.0)
+    assert PAPER.digits == (0, 1, 2, 3, 4, 5, 6) and STRICT.digits == (1, 2, 3, 4, 5)
+    assert combine([2.0, 4.0, 3.0], PAPER) == combine([2.0, 4.0, 3.0], STRICT) == 3.0
+    assert combine([2.0, None, 4.0, None], PAPER) == pytest.approx(6.0 / 4)  # (2 + 0 + 4 + 0) / 4
+    assert combine([2.0, None, 3.0], STRICT) is None
+    assert combine([], PAPER) is None and combine([], STRICT) is None
 
 
 def test_vllm_outputs_become_the_same_greedy_output():
@@ -125,81 +142,95 @@ class ScriptedBackend:
 
 
 @pytest.fixture
-def scripted_judge(monkeypatch, tiny_judges):
+def scripted_backend(monkeypatch, tiny_judges):
     backend = ScriptedBackend()
     monkeypatch.setattr("entrgi.evaluators.lmunit.open_backend", lambda name, folder, **settings: backend)
-    return LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]))), backend
+    return backend
 
 
-def test_every_response_gets_all_five_unit_tests(scripted_judge):
-    judge, backend = scripted_judge
+def test_every_response_gets_all_five_unit_tests(scripted_backend, tiny_judges):
+    judge = LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]), scoring=STRICT))
     judgements = judge.score(["q1", "q2"], ["fine", "FAIL here"])
-    assert len(backend.conversations) == 2 * 5
-    sent = [c[0]["content"] for c in backend.conversations]
+    assert len(scripted_backend.conversations) == 2 * 5
+    sent = [c[0]["content"] for c in scripted_backend.conversations]
     assert sent[:5] == [f"Query: q1\n\nResponse: fine\n\nUnit Test: {test}" for test in UNIT_TESTS]
-    assert all(c[0]["role"] == "user" and len(c) == 1 for c in backend.conversations)
+    assert all(c[0]["role"] == "user" and len(c) == 1 for c in scripted_backend.conversations)
     assert judgements[0].score == pytest.approx(3.0) and judgements[0].details == {"unit_tests": [3.0] * 5}
-    assert judgements[1].score is None  # one unparsable unit test fails the response, never a 0
+    assert judgements[1].score is None  # strict: one unparsable unit test fails the response, never a 0
     assert judgements[1].details["unit_tests"] == [3.0, None, 3.0, 3.0, 3.0]
     assert judgements[1].details["unparsed"] == ["I cannot"]
     judge.close()
-    assert backend.closed
+    assert scripted_backend.closed
 
 
-def test_failures_are_counted_and_left_out_of_the_means(scripted_judge, tmp_path):
-    judge, _ = scripted_judge
+@pytest.mark.parametrize("scoring", ["paper", "strict"])
+def test_failures_are_zeros_for_paper_and_left_out_for_strict(scripted_backend, tiny_judges, tmp_path, scoring):
+    """Per response 5 unit tests at 3.0 each, or 4 at 3.0 and one unparsable: paper (the default) scores
+    that (4·3 + 0) / 5 = 2.4 and counts no failure; strict leaves it out of the means and counts it."""
     run = _finished_run(tmp_path / "run", [["fine", "FAIL"], ["FAIL", "ok"], ["good", "also"]], best=[0, 0, 1])
-    judge.responses = "all"
+    judge = LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]), responses="all",
+                                     **({} if scoring == "paper" else {"scoring": LMUnitScoring(scoring)})))
     lines = judge_run(run, judge)
-    assert [line["scores"] for line in lines] == [[3.0, None], [None, 3.0], [3.0, 3.0]]
-    assert [line["top1"] for line in lines] == [3.0, None, 3.0]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["lmunit_top1_mean"] == 3.0 and summary["lmunit_top1_n"] == 2
-    assert summary["lmunit_avgk_mean"] == 3.0 and summary["lmunit_avgk_n"] == 3
-    assert (summary["lmunit_judged"], summary["lmunit_failures"]) == (6, 2)
+    if scoring == "paper":
+        assert [line["scores"] for line in lines] == [[3.0, 2.4], [2.4, 3.0], [3.0, 3.0]]
+        assert [line["top1"] for line in lines] == [3.0, 2.4, 3.0]
+        assert summary["lmunit_top1_mean"] == pytest.approx(8.4 / 3) and summary["lmunit_top1_n"] == 3
+        assert summary["lmunit_avgk_mean"] == pytest.approx((2.7 + 2.7 + 3.0) / 3) and summary["lmunit_avgk_n"] == 3
+        assert (summary["lmunit_judged"], summary["lmunit_failures"]) == (6, 0)
+    else:
+        assert [line["scores"] for line in lines] == [[3.0, None], [None, 3.0], [3.0, 3.0]]
+        assert [line["top1"] for line in lines] == [3.0, None, 3.0]
+        assert summary["lmunit_top1_mean"] == 3.0 and summary["lmunit_top1_n"] == 2
+        assert summary["lmunit_avgk_mean"] == 3.0 and summary["lmunit_avgk_n"] == 3
+        assert (summary["lmunit_judged"], summary["lmunit_failures"]) == (6, 2)
 
 
 # --- the tiny judge through the real transformers backend -------------------------------------------
 
 
-def _hand_scores(folder: Path, query: str, response: str) -> list[float]:
-    """Per unit test, the judge's digit distribution after `{"score": ` from an independent forward pass."""
+def _hand_scores(folder: Path, query: str, response: str, digits: Sequence[int]) -> list[float]:
+    """Per unit test, the judge's distribution over `digits` after `{"score": ` from an independent forward pass."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
-    digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in DIGITS]
+    ids_of_digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in digits]
     scores = []
     for test in UNIT_TESTS:
         text = tokenizer.apply_chat_template([{"role": "user", "content": unit_test_prompt(query, response, test)}],
                                              tokenize=False, add_generation_prompt=True) + '{"score": '
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.no_grad():
-            p = model(ids).logits[0, -1].double().softmax(-1)[digits].tolist()
-        scores.append(sum(d * q for d, q in zip(DIGITS, p, strict=True)) / sum(p))
+            probabilities = model(ids).logits[0, -1].double().softmax(-1)
+        all_digits = {tokenizer.convert_tokens_to_ids(str(d)) for d in range(7)}
+        assert set(probabilities.topk(7).indices.tolist()) == all_digits  # so all are among the top-20 log-probs
+        p = probabilities[ids_of_digits].tolist()
+        scores.append(sum(d * q for d, q in zip(digits, p, strict=True)) / sum(p))
     return scores
 
 
-def test_tiny_judge_scores_equal_a_hand_computation(tiny_judges):
-    judge = LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]), backend="transformers", device="cpu", batch_size=3,
-                                     max_new_tokens=10, top_logprobs=20))
+@pytest.mark.parametrize("scoring", list(LMUnitScoring))
+def test_tiny_judge_scores_equal_a_hand_computation(tiny_judges, scoring):
+    settings = {"path": str(tiny_judges["judge"]), "backend": "transformers", "device": "cpu", "scoring": scoring,
+                "max_new_tokens": 10, "top_logprobs": 20}
+    judge = LMUnitJudge(LMUnitConfig(batch_size=3, **settings))
     queries = ["Describe the cat.", "Describe the cat.", "Why?"]
     responses = [POSITIVE, NEGATIVE, "It is."]
     judgements = judge.score(queries, responses)
-    one_by_one = LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]), backend="transformers", device="cpu",
-                                          batch_size=1, max_new_tokens=10, top_logprobs=20)).score(queries, responses)
+    one_by_one = LMUnitJudge(LMUnitConfig(batch_size=1, **settings)).score(queries, responses)
     outputs = judge.backend.generate([[{"role": "user", "content": unit_test_prompt("Why?", "It is.", UNIT_TESTS[0])}]])
     assert outputs[0].tokens == ['{"', "score", '":', " ", outputs[0].tokens[4], "}", "<|im_end|>"]
     for (query, response), judgement, alone in zip(zip(queries, responses, strict=True), judgements, one_by_one,
                                                    strict=True):
-        expected = _hand_scores(tiny_judges["judge"], query, response)
+        expected = _hand_scores(tiny_judges["judge"], query, response, scoring.digits)
         assert judgement.details["unit_tests"] == pytest.approx(expected, abs=1e-4)
         assert judgement.score == pytest.approx(sum(expected) / 5, abs=1e-4)
         assert alone.score == pytest.approx(judgement.score, abs=1e-4)  # left padding changes nothing
     assert judgements[0].score > 3.5 > judgements[1].score + 1  # the tiny judge follows its sentiment words
-    cut = LMUnitJudge(LMUnitConfig(path=str(tiny_judges["judge"]), backend="transformers", device="cpu",
-                                   max_new_tokens=3))
-    assert [j.score for j in cut.score(queries, responses)] == [None] * 3  # `{"score":` and no digit
+    cut = LMUnitJudge(LMUnitConfig(**{**settings, "max_new_tokens": 3}))
+    # `{"score":` and no digit: a failure for strict, five zeros for paper
+    assert [j.score for j in cut.score(queries, responses)] == [None if scoring is STRICT else 0.0] * 3
 
 
 # --- a held-out RM on a finished run; reruns replace only their own fields -------------------------
@@ -267,7 +298,7 @@ def test_a_rerun_replaces_only_its_own_fields(tmp_path):
 
 
 def _evaluate_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return hydra_compose(config_name="evaluate", overrides=overrides)
 
 
@@ -334,6 +365,7 @@ SMALL = ["experiment=tiny", "model.path=${entrgi.random_world:dllm}", "reward.pa
          "sampler.num_samples=2", "sampler.batch_size=2"]
 
 
+@pytest.mark.slow
 def test_judges_after_generation_in_the_run_and_in_wandb(compose, offline_wandb, tiny_judges):  # noqa: F811
     out = offline_wandb / "job"
     cfg = compose(SMALL + ["logger=wandb", "logger.mode=offline", "evaluator=[tiny-reward]",
@@ -385,6 +417,7 @@ def test_judges_after_generation_in_the_run_and_in_wandb(compose, offline_wandb,
         json.loads((out / "summary.json").read_text())["tiny-judge_top1_mean"])
 
 
+@pytest.mark.slow
 def test_cli_judges_a_run_and_refuses_an_unfinished_one(tmp_path, tiny_judges):
     run = _finished_run(tmp_path / "outputs" / "experiment=tiny,seed=1", [[POSITIVE, "b"], [NEGATIVE, "d"]],
                         best=[0, 0])

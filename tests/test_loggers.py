@@ -3,6 +3,7 @@ the samples table and the figures, and is closed even when the job fails (issue 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from entrgi.components import build
 from entrgi.experiment import run_experiment
-from entrgi.loggers import NullLogger, WandbLogger, WandbLoggerConfig, sample_table_row, step_metrics
+from entrgi.loggers import (NullLogger, WandbLogger, WandbLoggerConfig, local_runs, sample_table_row, step_metrics,
+                            wandb_run_id)
 from entrgi.run_directory import RunDirectory
 
 SMALL = ["experiment=tiny", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=3",
@@ -33,8 +36,13 @@ def offline_wandb(tmp_path, monkeypatch):
 
 
 def _records(run_dir: Path) -> list[dict]:
-    """The records of the job's offline W&B run, decoded by `wandb leet inspect --json`."""
+    """The records of the job's only offline W&B run (see `_decode`)."""
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    return _decode(offline)
+
+
+def _decode(offline: Path) -> list[dict]:
+    """The records of one offline W&B run directory, decoded by `wandb leet inspect --json`."""
     cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or shutil.which("wandb")
     result = subprocess.run([cli, "leet", "inspect", "--json", str(offline)], capture_output=True, text=True,
                             timeout=60, check=False)
@@ -73,15 +81,18 @@ def test_mode_auto(monkeypatch, tmp_path):
     assert WandbLogger(WandbLoggerConfig(mode="offline")).resolved_mode() == "offline"
 
 
-def test_none_logger_logs_nothing(compose):
-    """logger=none is the no-op logger (test_report's real jobs check that they write no wandb/)."""
-    from entrgi.components import build
+def test_none_logger_logs_nothing(compose, offline_wandb, monkeypatch):
+    """logger=none: a whole job never opens a W&B run (even with W&B set to offline) and writes no wandb/."""
+    import wandb
 
-    logger = build(compose(["logger=none"]).logger)
-    assert type(logger) is NullLogger
-    logger.start({}, Path("unused"), "x")
-    logger.log_batch([{"top1": 1.0}], [{"step": 0}])
-    logger.finish({"top1_mean": 1.0}, failed=False)
+    def refuse(*args, **kwargs):
+        raise AssertionError("logger=none opened a W&B run")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    out = offline_wandb / "job"
+    assert type(build(compose(["logger=none"]).logger)) is NullLogger
+    summary = run_experiment(compose(SMALL + ["guidance=none", "logger=none"]), out)
+    assert summary["n_prompts"] == 3 and not (out / "wandb").exists()
 
 
 def test_offline_run_holds_steps_summary_table_and_figures(compose, offline_wandb):
@@ -141,3 +152,57 @@ def test_failed_job_still_finishes_its_run_as_failed(compose, offline_wandb, mon
     exits = [r["exit"] for r in _records(out) if r["type"] == "exit"]
     assert exits and exits[-1]["exit_code"] == 1
     assert not (out / "summary.json").exists()
+
+
+def _history(offline: Path, key: str) -> list:
+    items = [r["history"]["item"] for r in _decode(offline) if r["type"] == "history"]
+    return [item[key] for item in items if key in item]
+
+
+def _stop_at_batch(monkeypatch, n: int) -> None:
+    """The job stops (raises) when it is about to commit the `n`-th batch (0-based) of this attempt."""
+    calls = []
+    append_batch = RunDirectory.append_batch
+
+    def append_or_stop(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > n:
+            raise RuntimeError("interrupted")
+        return append_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunDirectory, "append_batch", append_or_stop)
+
+
+@pytest.mark.slow
+def test_a_resumed_job_continues_its_own_wandb_run(compose, offline_wandb, monkeypatch):
+    """One job, three attempts: W&B disabled (stops after batch 0), offline (stops after batch 1), offline
+    (finishes). Both offline runs carry the id derived from the job directory; the first replays the batch
+    W&B never saw, the second logs only its own batch and goes on counting; overwrite starts a new run."""
+    out = offline_wandb / "job"
+    overrides = SMALL + ["guidance=entrgi", "sampler.batch_size=1"]  # 3 batches of 1 prompt, 4 steps each
+    for logger in (["logger=none"], ["logger=wandb", "logger.mode=offline"]):
+        with monkeypatch.context() as patch:
+            _stop_at_batch(patch, 1)
+            with pytest.raises(RuntimeError, match="interrupted"):
+                run_experiment(compose(overrides + logger), out)
+        assert (out / "wandb").exists() == (logger != ["logger=none"])
+    summary = run_experiment(compose(overrides + ["logger=wandb", "logger.mode=offline"]), out)
+
+    started = json.loads((out / "run.json").read_text())["attempts"][0]["started"]
+    expected = hashlib.sha256(f"{out.resolve()}\n{started!r}".encode()).hexdigest()[:16]
+    (first, first_id, _), (second, second_id, _) = local_runs(out)
+    assert first_id == second_id == wandb_run_id(out) == expected
+    assert _history(first, "prompts_done") == [1, 2]  # batch 0 replayed (W&B was off), then batch 1
+    assert _history(first, "denoise/index") == list(range(8))
+    assert _history(second, "prompts_done") == [3]  # batches 0 and 1 are in the first offline run already
+    assert _history(second, "denoise/index") == [8, 9, 10, 11]
+    assert _history(second, "running/top1_mean") == [pytest.approx(summary["top1_mean"])]
+    final = {}
+    for r in _decode(second):
+        if r["type"] == "summary":
+            final.update(r["summary"]["update"])
+    assert final["samples.nrows"] == 3 and final["n_prompts"] == 3
+
+    run_experiment(compose(overrides + ["logger=wandb", "logger.mode=offline", "run.overwrite=true"]), out)
+    ((_, fresh_id, offline),) = local_runs(out)
+    assert offline and fresh_id == wandb_run_id(out) != expected

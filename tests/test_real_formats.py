@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from entrgi.schedule import LowConfidenceConfig, LowConfidenceSchedule
 from entrgi.validation import ConfigError, validate
 from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 REAL_MODELS = ["dream-7b", "llada-8b"]
 REAL_REWARDS = ["skywork-0.6b", "skywork-1.7b", "skywork-4b", "skywork-8b"]
 REAL_BENCHMARKS = ["reward-bench-2", "rm-bench", "judgebench"]

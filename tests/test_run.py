@@ -79,6 +79,7 @@ def test_config_and_run_metadata(tiny_run):
     assert meta["seed"] == 1
 
 
+@pytest.mark.slow
 def test_same_seed_reproduces_and_other_seed_resamples_the_same_prompts(compose, tiny_run, tmp_path):
     out, _ = tiny_run
     again = run_experiment(compose(TINY), tmp_path / "again")
@@ -90,6 +91,7 @@ def test_same_seed_reproduces_and_other_seed_resamples_the_same_prompts(compose,
     assert [r["responses"] for r in other] != [r["responses"] for r in _samples(out)]
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_the_results(compose, tmp_path):
     """sampler.batch_size 1 and 4 write the same responses (τ = 0.1: see test_sampler on why).
 
@@ -105,6 +107,7 @@ def test_batch_size_does_not_change_the_results(compose, tmp_path):
         assert a["rewards"] == pytest.approx(b["rewards"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_tiny_run_prints_top1_and_avgk(tmp_path):
     """`python -m entrgi.run experiment=tiny` (default W&B logger, disabled) finishes and reports."""
     out = tmp_path / "job"

@@ -1,8 +1,8 @@
 """Sweeps (issue 6): local launchers pinning one device per job, resume after SIGKILL, shards, failures.
 
 The multirun tests run `python -m entrgi.run -m` in a subprocess on the toy world (experiment=tiny) with a fake
-device count (ENTRGI_DEVICE_COUNT=2) and check, from each job's run.json, which device the job
-saw and when it ran.
+device count (ENTRGI_DEVICE_COUNT=2) and check, from each job's run.json and a probe's event
+log, which device the job saw and which jobs ran together.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CONF_MODULE
 
 from entrgi.experiment import run_experiment
 from entrgi.reporting.runs import collect_runs, load_run
@@ -52,9 +53,7 @@ def _jobs(sweep: Path) -> dict[str, Path]:
 
 
 def _attempt(job: Path) -> dict:
-    attempt = json.loads((job / "run.json").read_text())["attempts"][-1]
-    attempt["ended"] = (job / "summary.json").stat().st_mtime
-    return attempt
+    return json.loads((job / "run.json").read_text())["attempts"][-1]
 
 
 def test_directory_names_are_a_function_of_the_config():
@@ -88,13 +87,13 @@ def test_device_pool(monkeypatch):
 
 
 def test_launcher_configs_compose(monkeypatch):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     import entrgi.config  # noqa: F401  (the schemas)
 
     monkeypatch.setenv("SBATCH_ACCOUNT", "lab")
     monkeypatch.delenv("SBATCH_PARTITION", raising=False)
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         slurm = compose("config", ["hydra/launcher=slurm"], return_hydra_config=True).hydra
         local = compose("config", ["hydra/launcher=local-gpus"], return_hydra_config=True).hydra
     assert slurm.launcher.gres == "gpu:1" and slurm.launcher.account == "lab" and slurm.launcher.partition is None
@@ -108,16 +107,22 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 class Gate(Callback):
-    \"\"\"Test probe: records each job's process, device and time span; holds every job until two
-    have started, so two jobs at a time must overlap and one at a time would time out.\"\"\"
+    \"\"\"Test probe: records each job's process and device, and appends `start <job>` / `end <job>` to one
+    event log in the order they happen; holds every job until two have started, so two jobs at a time
+    must overlap and one at a time would time out.\"\"\"
 
     def __init__(self, folder, width=2):
         self.folder, self.width = Path(folder), width
 
+    def _event(self, kind):
+        with open(self.folder / "events.log", "a") as log:  # one short O_APPEND write: atomic across processes
+            log.write(f"{kind} {self.name}\\n")
+
     def on_job_start(self, config, **kwargs):
         self.folder.mkdir(parents=True, exist_ok=True)
         self.name = f"{config.hydra.job.num}"
-        self.record = {"pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": time.time()}
+        self.record = {"pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        self._event("start")
         (self.folder / f"start-{self.name}").touch()
         deadline = time.time() + 60
         while len(list(self.folder.glob("start-*"))) < self.width and time.time() < deadline:
@@ -125,8 +130,9 @@ class Gate(Callback):
         self.record["gate_passed"] = len(list(self.folder.glob("start-*"))) >= self.width
 
     def on_job_end(self, config, job_return, **kwargs):
-        self.record.update(end=time.time(), status=job_return.status.name)
+        self.record.update(status=job_return.status.name)
         (self.folder / f"job-{self.name}.json").write_text(json.dumps(self.record))
+        self._event("end")
 """
 
 
@@ -135,14 +141,25 @@ def _gated(tmp_path: Path) -> list[str]:
     return ["+hydra.callbacks.gate._target_=sweep_gate.Gate", f"+hydra.callbacks.gate.folder={tmp_path / 'gate'}"]
 
 
-def _probes(tmp_path: Path) -> list[dict]:
-    probes = [json.loads(p.read_text()) for p in sorted((tmp_path / "gate").glob("job-*.json"))]
-    assert probes and all(p["gate_passed"] for p in probes), probes
+def _probes(tmp_path: Path) -> dict[str, dict]:
+    probes = {p.stem.removeprefix("job-"): json.loads(p.read_text()) for p in (tmp_path / "gate").glob("job-*.json")}
+    assert probes and all(p["gate_passed"] for p in probes.values()), probes
     return probes
 
 
-def _max_concurrency(probes: list[dict]) -> int:
-    return max(sum(q["start"] <= p["start"] < q["end"] for q in probes) for p in probes)
+def _running_together(tmp_path: Path) -> list[set[str]]:
+    """From the recorded event order: the set of jobs running after each start event."""
+    running: set[str] = set()
+    snapshots = []
+    for line in (tmp_path / "gate" / "events.log").read_text().splitlines():
+        kind, job = line.split()
+        if kind == "start":
+            running.add(job)
+            snapshots.append(set(running))
+        else:
+            running.remove(job)
+    assert not running  # every job that started ended
+    return snapshots
 
 
 def test_local_gpus_runs_two_jobs_at_a_time_each_on_its_own_device_and_isolates_a_failure(tmp_path):
@@ -154,23 +171,22 @@ def test_local_gpus_runs_two_jobs_at_a_time_each_on_its_own_device_and_isolates_
     assert result.returncode == 1, result.stderr[-3000:]
     assert "n_jobs=2" in result.stderr + result.stdout
     probes = _probes(tmp_path)
-    assert len(probes) == 4 and _max_concurrency(probes) == 2
-    assert {p["device"] for p in probes} == {"0", "1"}
+    together = _running_together(tmp_path)
+    assert len(probes) == 4 and max(map(len, together)) == 2
+    assert {p["device"] for p in probes.values()} == {"0", "1"}
     by_pid: dict[int, set] = {}
-    for p in probes:
+    for p in probes.values():
         by_pid.setdefault(p["pid"], set()).add(p["device"])
     assert len(by_pid) == 2 and all(len(devices) == 1 for devices in by_pid.values())  # pinned per worker
-    for p in probes:
-        for q in probes:
-            if p is not q and q["start"] <= p["start"] < q["end"]:
-                assert p["device"] != q["device"]
+    for jobs in together:  # jobs running at the same time hold different devices
+        assert len({probes[job]["device"] for job in jobs}) == len(jobs)
 
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     jobs = _jobs(sweep)
     failed = next(job for name, job in jobs.items() if "n_prompts=0" in name)
     error = json.loads((failed / "error.json").read_text())
     assert error["type"] == "ConfigError" and "benchmark.n_prompts=0" in error["message"]
-    assert sorted(p["status"] for p in probes) == ["COMPLETED"] * 3 + ["FAILED"]
+    assert sorted(p["status"] for p in probes.values()) == ["COMPLETED"] * 3 + ["FAILED"]
     summary = json.loads((sweep / "sweep.json").read_text())
     assert summary["counts"] == {"finished": 3, "failed": 1}
     assert {j["dir"]: j["status"] for j in summary["jobs"]}[failed.name] == "failed"
@@ -182,14 +198,16 @@ def test_local_gpus_runs_two_jobs_at_a_time_each_on_its_own_device_and_isolates_
     assert len(_samples(four)) == 4
 
 
+@pytest.mark.slow
 def test_submitit_local_gives_each_job_its_own_device(tmp_path):
     """submitit's local executor would give both jobs the same CUDA_VISIBLE_DEVICES; here each sees one id."""
     result = _entrgi(["-m", "hydra/launcher=local-gpus-submitit", *SMALL, "guidance=none", "seed=1,2",
                       *_gated(tmp_path)], tmp_path, ENTRGI_DEVICE_COUNT="2", PYTHONPATH=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     probes = _probes(tmp_path)
-    assert _max_concurrency(probes) == 2 and sorted(p["device"] for p in probes) == ["0", "1"]
-    assert len({p["pid"] for p in probes}) == 2  # a fresh process per job
+    assert max(map(len, _running_together(tmp_path))) == 2
+    assert sorted(p["device"] for p in probes.values()) == ["0", "1"]
+    assert len({p["pid"] for p in probes.values()}) == 2  # a fresh process per job
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     jobs = _jobs(sweep)
     assert sorted(_attempt(job)["cuda_visible_devices"] for job in jobs.values()) == ["0", "1"]
@@ -217,6 +235,7 @@ runpy.run_module("entrgi.run", run_name="__main__", alter_sys=True)  # as `pytho
 """
 
 
+@pytest.mark.slow
 def test_killed_job_rerun_completes_every_prompt_exactly_once(tmp_path, compose):
     """SIGKILL after the first batch is committed and the second half-written, plus a line cut short:
     rerunning the same command writes each prompt once and ends with what an uninterrupted run writes."""
@@ -264,7 +283,7 @@ def test_killed_job_rerun_completes_every_prompt_exactly_once(tmp_path, compose)
     assert [a["resumed_prompts"] for a in json.loads((run_dir / "run.json").read_text())["attempts"]] == [0, 1]
 
 
-@pytest.mark.parametrize("method,batch", [("none", 4), ("aps", 1)])
+@pytest.mark.parametrize("method,batch", [("none", 4), pytest.param("aps", 1, marks=pytest.mark.slow)])
 def test_shards_merge_to_the_unsharded_run(compose, tmp_path, method, batch):
     """Two shards are disjoint, cover the slice, and merge (entrgi.report) to the unsharded run.
 

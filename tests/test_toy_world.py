@@ -190,6 +190,7 @@ def test_rm_ranks_held_out_responses_like_the_oracle(samples, toy_reward):
 T_CRITICAL_31 = 2.453
 
 
+@pytest.mark.slow
 def test_entrgi_raises_top1_above_best_of_n(compose, tmp_path):
     """EntRGi (M = 3) beats Best-of-N at the same K = 4 on the 32 held-out prompts: the per-prompt
     differences of Top@1 (RM score, same seed) are positive on average, by a paired t-test at the 1 %

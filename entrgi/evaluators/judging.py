@@ -131,7 +131,7 @@ def apply_evaluators(node: Mapping[str, Any] | None, run_dirs: Sequence[Path],
             continue
         evaluator: Evaluator = build(config)
         try:
-            stored = OmegaConf.to_container(config, resolve=True)
+            stored = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
             for run_dir in todo[name]:
                 results[run_dir][name] = judge_run(run_dir, evaluator, stored)
         finally:

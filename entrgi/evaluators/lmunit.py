@@ -6,11 +6,19 @@ unit tests. For each (query, response, unit test) the judge reads
     Query: <query>\n\nResponse: <response>\n\nUnit Test: <unit test>
 
 as the user turn of its chat template and answers greedily with JSON such as `{"score": 4}`.
-The score is not the digit it wrote but the probability-weighted mean of the score digits
-1–5 at that position, read from the token's top log-probabilities (LMUnit's continuous
-1–5 scale). A response's LMUnit score is the mean over the unit tests; if the judge's answer
-to any of them cannot be parsed (no score token, no probability on any digit) the response
-is a failure, since a mean over a different subset of tests is not comparable.
+The score is not the digit it wrote but the probability-weighted mean of the score digits at
+that position, read from the token's top log-probabilities and renormalised over the digits
+found there. A response's LMUnit score is the mean over the unit tests. Two scorings
+(`LMUnitScoring`, the config field `scoring`):
+
+* `paper` (default): as the `lmunit` package (`LMUnit.score_from_top_logprobs` and
+  `postprocess`) and the EntRGi authors' evaluation script score it, so the numbers compare
+  with the paper's LMUnit column: digits 0–6; a unit test whose answer cannot be parsed (no
+  score token, a score token that is not one of those digits, no probability on any of them)
+  scores 0 and is averaged in.
+* `strict`: digits 1–5 (LMUnit's documented scale); a response with any unparsable unit test
+  is a failure (score None: counted, left out of the means), since a mean over a different
+  subset of tests, or with invented zeros, is not comparable.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
 from entrgi.evaluators.greedy import GreedyOutput, open_backend
@@ -37,6 +46,18 @@ UNIT_TESTS = (
 SCORE_KEY = "score"
 
 
+class LMUnitScoring(Enum):
+    """How a judge's answers become a score (the module docstring); the member name is the config value."""
+
+    paper = "paper"  # the lmunit package's rule: digits 0–6, an unparsable unit test scores 0
+    strict = "strict"  # digits 1–5, an unparsable unit test makes the response a failure
+
+    @property
+    def digits(self) -> tuple[int, ...]:
+        """The score scale: the digit tokens the score is the probability-weighted mean of."""
+        return tuple(range(0, 7)) if self is LMUnitScoring.paper else tuple(range(1, 6))
+
+
 @schema("evaluator", "lmunit")
 @dataclass
 class LMUnitConfig(EvaluatorConfig):
@@ -46,7 +67,7 @@ class LMUnitConfig(EvaluatorConfig):
     name: str = "lmunit"
     path: str = "ContextualAI/LMUnit-qwen2.5-72b"
     unit_tests: list[str] = field(default_factory=lambda: list(UNIT_TESTS))
-    score_digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    scoring: LMUnitScoring = LMUnitScoring.paper
     # auto: vLLM when installed and a GPU is visible, else transformers.
     backend: str = one_of("auto", "auto", "vllm", "transformers")
     max_new_tokens: int = ranged(10, low=1)  # `{"score": 4}` fits in fewer
@@ -93,19 +114,28 @@ def digit_score(top_logprobs: Iterable[tuple[str, float]], digits: Sequence[int]
     return weighted / mass if mass > 0 else None
 
 
-def parse_score(output: GreedyOutput, digits: Sequence[int]) -> float | None:
-    """The judge's score for one unit test, or None when its answer cannot be parsed."""
+def parse_score(output: GreedyOutput, scoring: LMUnitScoring) -> float | None:
+    """The judge's score for one unit test, or None when its answer cannot be parsed.
+
+    `paper` also requires the token written at the score position to be one of its digits (the
+    package scores any other answer 0); both then weight the digits among that position's top tokens.
+    """
     position = score_position(output.tokens)
     if position is None or position >= len(output.top_logprobs):
         return None
-    return digit_score(output.top_logprobs[position], digits)
-
-
-def combine(scores: Sequence[float | None]) -> float | None:
-    """A response's score: the mean over its unit tests, None if any of them failed."""
-    if not scores or any(s is None for s in scores):
+    if scoring is LMUnitScoring.paper and output.tokens[position].strip() not in {str(d) for d in scoring.digits}:
         return None
-    return sum(scores) / len(scores)
+    return digit_score(output.top_logprobs[position], scoring.digits)
+
+
+def combine(scores: Sequence[float | None], scoring: LMUnitScoring) -> float | None:
+    """A response's score, the mean over its unit tests (None: unparsable): `paper` counts an
+    unparsable test as 0; `strict` fails the response (None) if any test is unparsable."""
+    if not scores:
+        return None
+    if scoring is LMUnitScoring.strict and any(s is None for s in scores):
+        return None
+    return sum(0.0 if s is None else s for s in scores) / len(scores)
 
 
 class LMUnitJudge(Evaluator):
@@ -113,14 +143,16 @@ class LMUnitJudge(Evaluator):
 
     def __init__(self, config: LMUnitConfig):
         """Load the judge its `LMUnitConfig` names: `path` (Hub id or local folder of a causal LM with a
-        chat template), served by `backend` (`vllm`, `transformers` or `auto`), which reads its own
-        settings from the same config (max_new_tokens, top_logprobs, batch_size, device, dtype, …)."""
+        chat template), scored by `scoring` (`LMUnitScoring`), served by `backend` (`vllm`, `transformers`
+        or `auto`), which reads its own settings from the same config (max_new_tokens, top_logprobs,
+        batch_size, device, dtype, …)."""
         super().__init__(config)
         if not config.unit_tests:
             raise ValueError(f"evaluator {config.name}: unit_tests is empty")
-        self.unit_tests, self.digits = list(config.unit_tests), list(config.score_digits)
+        self.unit_tests, self.scoring = list(config.unit_tests), LMUnitScoring(config.scoring)
         folder = resolve_checkpoint(config.path, f"evaluator.{config.name}.path")
-        judge_fields = {f.name for f in dataclasses.fields(EvaluatorConfig)} | {"path", "backend", "unit_tests"}
+        judge_fields = {f.name for f in dataclasses.fields(EvaluatorConfig)} | {"path", "backend", "unit_tests",
+                                                                                "scoring"}
         settings = {key: value for key, value in dataclasses.asdict(config).items() if key not in judge_fields}
         self.backend = open_backend(config.backend, folder, **settings)
 
@@ -134,11 +166,11 @@ class LMUnitJudge(Evaluator):
         judgements = []
         for i in range(len(responses)):
             answers = outputs[i * n : (i + 1) * n]
-            scores = [parse_score(answer, self.digits) for answer in answers]
+            scores = [parse_score(answer, self.scoring) for answer in answers]
             details = {"unit_tests": scores}
             if None in scores:  # what the judge said where it failed, to see why
                 details["unparsed"] = [a.text for a, s in zip(answers, scores, strict=True) if s is None]
-            judgements.append(Judgement(combine(scores), details))
+            judgements.append(Judgement(combine(scores, self.scoring), details))
         return judgements
 
     def close(self) -> None:

@@ -6,8 +6,9 @@
   makes the last token decide the next (`\\n` → `{"` → `score` → `":` → ` ` → digit → `}` → EOS),
   so greedy decoding writes LMUnit's JSON answer; one attention head averages a "sentiment"
   channel over the whole conversation (+1 for `happy`, `bright`, `warm`, `gentle`, −1 for `old`,
-  `strange`, `quiet`, `small`), and that mean tilts the distribution over the digits 1–5, so
-  the score rises with positive words in the query and response and falls with negative ones.
+  `strange`, `quiet`, `small`), and that mean tilts the distribution over the digits 0–6 (the
+  `lmunit` package's scale), so the score rises with positive words in the query and response
+  and falls with negative ones.
 * `reward` — a second tiny Qwen3 reward model (the random world's recipe, other random
   weights): a held-out RM for runs on the small worlds.
 
@@ -24,7 +25,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
 from entrgi.formats import DREAM_CHAT_TEMPLATE, reward_config, reward_tokenizer, save_reward, train_bpe
 from entrgi.random_world import SIZES, build_once, corpus, default_root
 
-VERSION = "tiny-judges-v1"
+VERSION = "tiny-judges-v2"
 JUDGE_SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4}
 # The judge's answer, token by token: each token is followed by the next one; ` ` by a digit.
 ANSWER = ("\n", '{"', "score", '":', " ")
@@ -53,7 +54,7 @@ def _single_token(raw, text: str) -> int:
 def _program(model: Qwen2ForCausalLM, raw) -> None:
     """Set every weight so that greedy decoding writes `{"score": d}` then EOS (see the module docstring)."""
     answer = [_single_token(raw, t) for t in ANSWER]
-    digits = [_single_token(raw, str(d)) for d in range(1, 6)]
+    digits = [_single_token(raw, str(d)) for d in range(0, 7)]
     close, eos = _single_token(raw, CLOSE), raw.token_to_id("<|im_end|>")
     transitions = [*zip(answer, answer[1:], strict=False), *((answer[-1], d) for d in digits),
                    *((d, close) for d in digits), (close, eos), (eos, eos)]
@@ -80,7 +81,7 @@ def _program(model: Qwen2ForCausalLM, raw) -> None:
         # sentiment (undoing the input norm's sqrt(hidden/2) scale of a sentiment token).
         layer.self_attn.v_proj.weight[0, sentiment] = (2.0 / embed.shape[1]) ** 0.5
         layer.self_attn.o_proj.weight[mean, 0] = 1.0
-        head[digits, mean] = TILT * (torch.arange(1, 6, dtype=head.dtype) - 3.0)
+        head[digits, mean] = TILT * (torch.arange(0, 7, dtype=head.dtype) - 3.0)
 
 
 def _write_judge(folder: Path) -> None:

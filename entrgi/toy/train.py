@@ -175,5 +175,10 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`entrgi-train-toy` and `python -m entrgi.toy.train` (the report is printed, not returned)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

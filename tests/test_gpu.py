@@ -1,0 +1,63 @@
+"""GPU-only checks (`gpu` marker, skipped without CUDA by conftest): the bf16 path of a guided step and
+a denoising loop that never waits on the device (`torch.cuda.set_sync_debug_mode("error")`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from entrgi.guidance import RewardGradientGuidance
+from entrgi.models import DiffusionLM, DiffusionLMConfig
+from entrgi.noise import TrajectoryNoise
+from entrgi.rewards import RewardModel, RewardModelConfig
+from entrgi.sampler import DiffusionSampler, SamplerConfig
+from entrgi.schedule import EntropySchedule, ScheduleConfig
+from conftest import guidance_config
+
+pytestmark = pytest.mark.gpu
+PROMPTS = ["Describe the cat.", "Why is the old robot happy?"]
+
+
+@pytest.fixture(scope="module")
+def bf16_models(random_paths):
+    model = DiffusionLM(DiffusionLMConfig(path=str(random_paths["dllm"]), tokenizer_class="Qwen2Tokenizer",
+                                          device="cuda", dtype="bfloat16"))
+    reward = RewardModel(RewardModelConfig(path=str(random_paths["reward"]), device="cuda", dtype="bfloat16"))
+    return model, reward
+
+
+def _sampler(model, reward, rule: str) -> tuple[DiffusionSampler, RewardGradientGuidance]:
+    guidance = RewardGradientGuidance(guidance_config(rule=rule), model=model, reward=reward)
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=model,
+                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
+    return sampler, guidance
+
+
+@pytest.mark.parametrize("rule", ["soft", "aps", "entrgi"])
+def test_bf16_guided_generation_completes_with_finite_statistics(bf16_models, rule):
+    """Both models in bf16 on CUDA: every response is unmasked, the relaxed reward curve is finite and w in [0, 1]."""
+    model, reward = bf16_models
+    sampler, guidance = _sampler(model, reward, rule)
+    generation = sampler.generate(PROMPTS, ["a", "b"], seed=1)
+    assert generation.responses.shape == (2 * 2, 6)
+    assert (generation.responses != model.mask_token_id).all()
+    guided = [row for row in generation.steps if "E_mean" in row]
+    assert len(guided) == 4 and all(torch.isfinite(torch.tensor(row["reward_curve"])).all() for row in guided)
+    assert all(0.0 <= row["w_mean"] <= 1.0 for row in guided)
+
+
+@pytest.mark.parametrize("rule", ["soft", "aps", "entrgi"])
+def test_denoising_loop_never_syncs_with_the_device(bf16_models, rule):
+    model, reward = bf16_models
+    sampler, guidance = _sampler(model, reward, rule)
+    canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
+    guidance.begin_batch(PROMPTS, 2, 6)
+    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2, device=canvas.device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        steps = sampler.denoise(canvas, attention, noise)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(steps) == 4
+    assert (canvas[:, -6:] != model.mask_token_id).all()
