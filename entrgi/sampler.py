@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from entrgi.categorical import sample_nucleus
+from entrgi.categorical import sample_filtered
 from entrgi.guidance import Guidance, GuidanceContext
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
@@ -28,8 +28,10 @@ class SamplerConfig:
 
     num_samples: int = ranged(4, low=1)
     max_new_tokens: int = ranged(128, low=1)
-    temperature: float = ranged(0.7, low=0.0, low_open=True)
+    # 0: greedy (the argmax, confidences from the untempered distribution), as Dream's and LLaDA's generate.
+    temperature: float = ranged(0.7, low=0.0)
     top_p: float = ranged(0.95, low=0.0, high=1.0, low_open=True)
+    top_k: int | None = ranged(None, low=1, optional=True)  # Dream's top_k; None: no top-k filter
     batch_size: int = ranged(1, low=1)
 
 
@@ -53,6 +55,7 @@ class DiffusionSampler:
         max_new_tokens: int = 128,
         temperature: float = 0.7,
         top_p: float = 0.95,
+        top_k: int | None = None,
     ):
         self.model = model
         self.schedule = schedule
@@ -61,6 +64,7 @@ class DiffusionSampler:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.top_k = top_k
         schedule.check_length(max_new_tokens)
         # Computed once on the host: reading counts inside the loop would wait on the device.
         self.plan = schedule.planned_counts(max_new_tokens) or [None] * schedule.steps
@@ -70,7 +74,7 @@ class DiffusionSampler:
         """Build from the `sampler` section of a run config (batch_size is the runner's business)."""
         return cls(
             model, schedule, guidance, num_samples=sampler.num_samples, max_new_tokens=sampler.max_new_tokens,
-            temperature=sampler.temperature, top_p=sampler.top_p,
+            temperature=sampler.temperature, top_p=sampler.top_p, top_k=sampler.top_k,
         )
 
     def build_canvas(self, prompt_token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +109,7 @@ class DiffusionSampler:
         """
         start = canvas.shape[1] - self.max_new_tokens
         length = self.max_new_tokens
+        stop_ids = torch.tensor(self.model.stop_token_ids, device=canvas.device)  # all rank last (deprioritize_eos)
         per_step = []
         for step in tqdm(range(self.schedule.steps), desc="denoising", leave=False, disable=not progress):
             response = canvas[:, start:]
@@ -114,19 +119,31 @@ class DiffusionSampler:
             steered = self.guidance.steer(logits, context)
             positions = context.positions
             rows = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-            scaled = steered.logits.gather(1, rows) / self.temperature
+            scaled = steered.logits.gather(1, rows) / (self.temperature or 1.0)
             scaled[..., self.model.mask_token_id] = float("-inf")  # committing <mask> would re-mask
-            uniforms = noise.uniform(Stream.COMMIT_TOKEN, step, length).gather(1, positions)
-            drawn = sample_nucleus(scaled, uniforms, self.top_p)
+            uniforms = None if self.temperature == 0 else noise.uniform(Stream.COMMIT_TOKEN, step, length)
+            drawn, drawn_probs = sample_filtered(
+                scaled, None if uniforms is None else uniforms.gather(1, positions), self.top_p, self.top_k,
+                distribution=self.schedule.order_from == "drawn",
+            )
             tokens = response.scatter(1, positions, drawn)
-            order_logits = (logits if self.schedule.order_from == "unguided" else steered.logits).gather(1, rows)
-            order_probs = torch.softmax(order_logits / self.schedule.confidence_temperature(self.temperature), dim=-1)
             commit = self.schedule.commit_mask(
-                masked, tokens, order_probs, step, noise, self.model.eos_token_id, positions
+                masked, tokens, self._order_probs(logits, steered.logits, drawn_probs, rows), step, noise,
+                stop_ids, positions,
             )
             canvas[:, start:] = torch.where(commit, tokens, response)
             per_step.append({"masked": masked.sum(-1).float().mean(), **steered.stats})
         return per_step
+
+    def _order_probs(self, unguided, guided, drawn_probs, rows) -> torch.Tensor:
+        """The distribution [N, F, V] the schedule ranks positions by (`schedule.order_from`)."""
+        if self.schedule.order_from == "drawn" and self.schedule.order_temperature == "sampling":
+            return drawn_probs
+        if self.schedule.order_from == "drawn":  # untempered, but filtered as the draw was
+            untempered = torch.softmax(guided.gather(1, rows), dim=-1)
+            return untempered * (drawn_probs > 0) / (untempered * (drawn_probs > 0)).sum(-1, keepdim=True)
+        source = unguided if self.schedule.order_from == "unguided" else guided
+        return torch.softmax(source.gather(1, rows) / self.schedule.confidence_temperature(self.temperature), dim=-1)
 
 
 def _steps_to_host(per_step: list[dict[str, torch.Tensor]], schedule: UnmaskSchedule) -> list[dict[str, float]]:

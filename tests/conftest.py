@@ -18,12 +18,13 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def expected_commit_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list[int]:
-    """floor(n·(1 − s/t)) per step from an independent float64 grid; the rest at the end."""
+    """Dream's arithmetic, restated: the grid is float32 torch.linspace(1, eps, T+1), the count
+    floor(n·(1 − s/t)) is taken in double from those float32 values; the rest at the end."""
     import math
 
     import torch
 
-    grid = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()
+    grid = torch.linspace(1.0, eps, steps + 1, dtype=torch.float32).tolist()
     counts = []
     for i in range(steps):
         n = n_masked if i == steps - 1 else math.floor(n_masked * (1.0 - grid[i + 1] / grid[i]))
