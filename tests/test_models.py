@@ -65,12 +65,21 @@ def test_prompt_uses_the_chat_template(tiny_model):
     )
 
 
-def test_decode_stops_at_the_first_stop_token(tiny_model):
+def test_decode_whole_or_to_the_first_stop_token(tiny_model, monkeypatch):
+    """model.decode=whole (the authors' script): special tokens skipped, text after them kept;
+    to_stop (fidelity=consistent): cut at the first stop token, EOS or <|im_end|>."""
     tok = tiny_model.tokenizer
     before = tok("The cat sees the dog.", add_special_tokens=False)["input_ids"]
     after = tok(" It is warm.", add_special_tokens=False)["input_ids"]
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
     ids = before + [tiny_model.eos_token_id] + after + [tiny_model.mask_token_id]
+    assert tiny_model.decode_mode == "whole"
+    assert tiny_model.decode(ids) == "The cat sees the dog. It is warm."
+    assert tiny_model.decode(before + [im_end] + after) == "The cat sees the dog. It is warm."
+    monkeypatch.setattr(tiny_model, "stop_token_ids", sorted({tiny_model.eos_token_id, im_end}))  # as model=tiny
+    monkeypatch.setattr(tiny_model, "decode_mode", "to_stop")
     assert tiny_model.decode(ids) == "The cat sees the dog."
+    assert tiny_model.decode(before + [im_end] + after) == "The cat sees the dog."
     assert tiny_model.decode(before) == "The cat sees the dog."
 
 
