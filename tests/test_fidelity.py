@@ -193,6 +193,7 @@ def test_llada_loads_without_remote_code(compose, tiny_paths, monkeypatch, tmp_p
     cfg = compose(["model=llada-8b"])
     cfg.model.path = str(folder)
     cfg.model.device = "cpu"
+    cfg.model.mask_token_id, cfg.model.eos_token_id = None, None  # the tiny vocabulary's own ids
     model = instantiate(cfg.model)
     assert model.mask_token_id == model.tokenizer.convert_tokens_to_ids("<|mdm_mask|>")
 

@@ -45,10 +45,11 @@ def _top_k(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
 
 
 def dream_restated(model, canvas, attention, start, *, alg, steps, eps=1e-3, temperature=0.0, top_p=None,
-                   top_k=None, uniforms=None, rank_unfiltered=False):
+                   top_k=None, uniforms=None, rank_unfiltered=False, deprioritized=()):
     """Dream's `_sample` loop, trajectory by trajectory; `uniforms(step)` [N, L] drive the draws.
 
-    `rank_unfiltered`: the authors' entropy rule (negative entropy of softmax(logits/τ), unfiltered).
+    `rank_unfiltered`: the authors' entropy rule (negative entropy of softmax(logits/τ), unfiltered);
+    `deprioritized`: token ids whose samples rank last (the authors' `deprioritize_eos`).
     """
     x = canvas.clone()
     timesteps = torch.linspace(1, eps, steps + 1)  # float32, as Dream
@@ -76,8 +77,11 @@ def dream_restated(model, canvas, attention, start, *, alg, steps, eps=1e-3, tem
                 top2 = probs.sort(dim=-1, descending=True).values
                 confidence = top2[:, 0] - top2[:, 1]
             elif alg == "entropy":
-                ranked = torch.softmax(scaled, dim=-1) if rank_unfiltered else probs
+                unfiltered = logits[row, where] / (temperature or 1.0)
+                ranked = torch.softmax(unfiltered, dim=-1) if rank_unfiltered else probs
                 confidence = (ranked * torch.log(ranked + 1e-10)).sum(-1)
+            confidence = torch.where(torch.isin(x0, torch.tensor(deprioritized, dtype=torch.long)),
+                                     torch.full_like(confidence, -1e30), confidence)
             count = int(n * (1 - s / t)) if i < steps - 1 else n
             chosen = sorted(range(n), key=lambda j: -confidence[j].item())[:count]  # stable: leftmost ties
             for j in chosen:
@@ -168,3 +172,26 @@ def test_greedy_llada_with_blocks_is_lladas(compose, tiny_paths, block_length):
     canvas, attention, start, ours, _ = _entrgi(model, schedule, 0.0, 1.0)
     theirs = llada_restated(model, canvas, attention, start, steps=6, block_length=block_length)
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.slow
+def test_the_greedy_tiny_experiment_is_the_greedy_restatement(compose, toy_model):
+    """`experiment=tiny sampler.temperature=0`: guidance leaves greedy logits alone (softmax(φ/0) has no
+    gradient), so all K samples equal the greedy restatement of the authors' ranking (entropy on the
+    unguided, unfiltered softmax, EOS deprioritised)."""
+    from entrgi.sampler import DiffusionSampler as Sampler
+
+    cfg = compose(["experiment=tiny", "sampler.temperature=0"])
+    reward = instantiate(cfg.reward)
+    sampler = Sampler.from_config(toy_model, instantiate(cfg.schedule), instantiate(cfg.guidance, model=toy_model,
+                                  reward=reward), cfg.sampler)
+    prompts = [p.text for p in instantiate(cfg.benchmark).slice()[:3]]
+    canvas, attention = sampler.build_canvas([toy_model.encode_prompt(p) for p in prompts])
+    start = canvas.shape[1] - cfg.sampler.max_new_tokens
+    before = canvas.clone()
+    sampler.guidance.begin_batch(prompts, cfg.sampler.num_samples, cfg.sampler.max_new_tokens)
+    sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(1, ["a", "b", "c"], cfg.sampler.num_samples))
+    theirs = dream_restated(toy_model, before, attention, start, alg="entropy", steps=cfg.schedule.steps,
+                            top_p=cfg.sampler.top_p, rank_unfiltered=True, deprioritized=toy_model.stop_token_ids)
+    assert torch.equal(canvas[:, start:], theirs)
+    assert all(torch.equal(row, canvas[0, start:]) for row in canvas[: cfg.sampler.num_samples, start:])
