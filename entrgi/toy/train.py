@@ -72,7 +72,8 @@ def build_dllm(folder: Path, phases: list[tuple[list[tuple[str, str]], Diffusion
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as staging:  # the random start, loaded as any Dream checkpoint
         save_dream(Path(staging), Qwen2ForCausalLM(dream_config(tokenizer, DLLM_SIZE)), tokenizer)
-        model = DiffusionLM(staging, tokenizer_class="Qwen2Tokenizer", device="cpu", dtype="float32")
+        model = DiffusionLM(staging, tokenizer_class="Qwen2Tokenizer", device="cpu", dtype="float32",
+                            decode="to_stop")  # the RM learns responses cut where the toy world scores them
     report = []
     for pairs, settings in phases:
         losses = train_dllm(model, EncodedPairs.encode(model, pairs), settings, seed)
