@@ -19,26 +19,49 @@ from torch import Tensor
 MASS_BITS = 40  # 2^-40 resolution; a vocabulary of up to 2^23 tokens still sums inside int64
 
 
-def sample_nucleus(logits: Tensor, uniform: Tensor, top_p: float = 1.0) -> Tensor:
-    """Token ids [...] drawn from softmax(logits) restricted to the top-p nucleus, by inverse CDF.
+def sample_nucleus(logits: Tensor, uniform: Tensor, top_p: float = 1.0, top_k: int | None = None) -> Tensor:
+    """Token ids [...] drawn from softmax(logits) restricted to the top-p nucleus (and top-k), by inverse CDF.
 
     The nucleus is the smallest set of most probable tokens with mass >= top_p (a token is kept
     iff the tokens before it in descending order, ties broken by vocabulary index, hold < top_p),
-    renormalised. The CDF runs over the kept tokens in vocabulary order, so a uniform picks the
-    same token whichever way the nucleus was found. Zero-probability (-inf) tokens are never drawn.
+    renormalised. With `top_k`, only tokens at least as probable as the k-th most probable stay
+    (ties at it kept, as Dream's `top_k_logits`). The CDF runs over the kept tokens in vocabulary
+    order, so a uniform picks the same token whichever way the nucleus was found. Zero-probability
+    (-inf) tokens are never drawn.
+    """
+    return sample_filtered(logits, uniform, top_p, top_k, distribution=False)[0]
+
+
+def sample_filtered(
+    logits: Tensor, uniform: Tensor | None, top_p: float = 1.0, top_k: int | None = None, distribution: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """(token ids [...], filtered distribution [..., V]) of `sample_nucleus`.
+
+    The distribution is softmax(logits) restricted to the top-p / top-k set and renormalised (float32),
+    the one Dream's `sample_tokens` computes its confidences from. `uniform=None` takes its argmax
+    (greedy decoding; ties to the lowest id) instead of drawing. `distribution=False` skips
+    building the distribution (returned as None).
     """
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     lead, vocab = logits.shape[:-1], logits.shape[-1]
-    if uniform.shape != lead:
+    if uniform is not None and uniform.shape != lead:
         raise ValueError(f"uniform must have shape {tuple(lead)}, got {tuple(uniform.shape)}")
     probs = torch.softmax(logits.detach().float().reshape(-1, vocab), dim=-1)
     mass = (probs * float(1 << MASS_BITS)).long()  # exact: a power-of-two scale, then truncation
     if top_p < 1.0:
         mass = mass * nucleus_mask(probs, mass, top_p)
+    if top_k is not None and top_k < vocab:
+        mass = mass * (probs >= probs.topk(top_k, dim=-1).values[:, -1:])
+    filtered = None
+    if distribution or uniform is None:
+        kept = torch.where(mass > 0, probs, torch.zeros_like(probs))
+        filtered = (kept / kept.sum(dim=-1, keepdim=True)).reshape(*lead, vocab)
+    if uniform is None:
+        return kept.argmax(dim=-1).reshape(lead), filtered
     cdf = torch.cumsum(mass, dim=-1)
     target = (uniform.detach().reshape(-1, 1).double() * cdf[:, -1:]).long()  # in [0, total) for u in (0, 1)
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).reshape(lead)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).reshape(lead), filtered
 
 
 def nucleus_mask(probs: Tensor, mass: Tensor, top_p: float) -> Tensor:

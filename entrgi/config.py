@@ -53,6 +53,7 @@ class RunConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 1
     name: str = "default"
+    fidelity: str = "reference"  # the `fidelity` overlay applied (its keys may still be set alone)
     run: RunControl = field(default_factory=RunControl)
 
 

@@ -90,6 +90,7 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
         log.info("resuming %s: %d of %d prompts done", run_dir.path, len(done.records), len(prompts))
     run_dir.write_metadata(cfg, {
         "seed": cfg.seed,
+        "fidelity": cfg.fidelity,
         "prompt_ids": [p.id for p in prompts],
         "slice_size": len(whole),
         "shard": {"index": cfg.benchmark.shard, "num_shards": cfg.benchmark.num_shards,

@@ -174,7 +174,10 @@ def save_llada(folder: Path, network: LlamaForCausalLM, tokenizer: PreTrainedTok
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in LLADA_SPECIALS}
     config = {  # LLaDA's own config.json keys (OLMo style)
         "architectures": ["LLaDAModelLM"], "model_type": "llada",
-        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM"},
+        "auto_map": {  # as the real checkpoint's: AutoTokenizer would ask to run configuration_llada.py
+            "AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
+            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+        },
         "d_model": c.hidden_size, "n_heads": c.num_attention_heads,
         "n_kv_heads": c.num_key_value_heads, "n_layers": c.num_hidden_layers,
         "mlp_hidden_size": c.intermediate_size, "mlp_ratio": c.intermediate_size // c.hidden_size,

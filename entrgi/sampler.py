@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from entrgi.categorical import sample_nucleus
+from entrgi.categorical import sample_filtered
 from entrgi.guidance import Guidance, GuidanceContext
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
@@ -27,8 +27,10 @@ class SamplerConfig:
 
     num_samples: int = ranged(4, low=1)
     max_new_tokens: int = ranged(128, low=1)
-    temperature: float = ranged(0.7, low=0.0, low_open=True)
+    # 0: greedy (the argmax, confidences from the untempered distribution), as Dream's and LLaDA's generate.
+    temperature: float = ranged(0.7, low=0.0)
     top_p: float = ranged(0.95, low=0.0, high=1.0, low_open=True)
+    top_k: int | None = ranged(None, low=1, optional=True)  # Dream's top_k; None: no top-k filter
     batch_size: int = ranged(1, low=1)
 
 
@@ -87,6 +89,7 @@ class DiffusionSampler:
         """
         start = canvas.shape[1] - self.max_new_tokens
         length = self.max_new_tokens
+        stop_ids = torch.tensor(self.model.stop_token_ids, device=canvas.device)  # all rank last (deprioritize_eos)
         per_step = []
         for step in range(self.schedule.steps):
             response = canvas[:, start:]
@@ -96,21 +99,34 @@ class DiffusionSampler:
             steered = self.guidance.steer(logits, context)
             positions = context.positions
             rows = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-            scaled = steered.logits.gather(1, rows) / self.config.temperature
+            temperature, top_p, top_k = self.config.temperature, self.config.top_p, self.config.top_k
+            scaled = steered.logits.gather(1, rows) / (temperature or 1.0)
             scaled[..., self.model.mask_token_id] = float("-inf")  # committing <mask> would re-mask
-            uniforms = noise.uniform(Stream.COMMIT_TOKEN, step, length).gather(1, positions)
-            drawn = sample_nucleus(scaled, uniforms, self.config.top_p)
+            uniforms = None if temperature == 0 else noise.uniform(Stream.COMMIT_TOKEN, step, length)
+            drawn, drawn_probs = sample_filtered(
+                scaled, None if uniforms is None else uniforms.gather(1, positions), top_p, top_k,
+                distribution=self.schedule.config.order_from == "drawn",
+            )
             tokens = response.scatter(1, positions, drawn)
-            ranked = logits if self.schedule.config.order_from == "unguided" else steered.logits
-            order_logits = ranked.gather(1, rows)
-            rank_temperature = self.schedule.confidence_temperature(self.config.temperature)
-            order_probs = torch.softmax(order_logits / rank_temperature, dim=-1)
             commit = self.schedule.commit_mask(
-                masked, tokens, order_probs, step, noise, self.model.eos_token_id, positions
+                masked, tokens, self._order_probs(logits, steered.logits, drawn_probs, rows), step, noise,
+                stop_ids, positions,
             )
             canvas[:, start:] = torch.where(commit, tokens, response)
             per_step.append({"masked": masked.sum(-1).float().mean(), **steered.stats})
         return per_step
+
+    def _order_probs(self, unguided, guided, drawn_probs, rows) -> torch.Tensor:
+        """The distribution [N, F, V] the schedule ranks positions by (`schedule.order_from`)."""
+        order_from, order_temperature = self.schedule.config.order_from, self.schedule.config.order_temperature
+        if order_from == "drawn" and order_temperature == "sampling":
+            return drawn_probs
+        if order_from == "drawn":  # untempered, but filtered as the draw was
+            untempered = torch.softmax(guided.gather(1, rows), dim=-1)
+            return untempered * (drawn_probs > 0) / (untempered * (drawn_probs > 0)).sum(-1, keepdim=True)
+        source = unguided if order_from == "unguided" else guided
+        temperature = self.schedule.confidence_temperature(self.config.temperature)
+        return torch.softmax(source.gather(1, rows) / temperature, dim=-1)
 
 
 def _steps_to_host(per_step: list[dict[str, torch.Tensor]], schedule: UnmaskSchedule) -> list[dict[str, float]]:

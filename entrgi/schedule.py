@@ -1,6 +1,8 @@
 """Unmasking schedules: the timestep grid and which masked positions are committed each step.
 
-The grid is t_i = linspace(1, eps, T+1), step i going from t_i to t_{i+1}. The rule names
+The grid is t_i = linspace(1, eps, T+1) in float32, as Dream builds it, step i going from
+t_i to t_{i+1}; the count floor(n · (1 − s/t)) is taken in double from those float32 values,
+as the authors' script does (`int(n * (1 - s.item() / t.item()))`). The rule names
 follow Dream's ``diffusion_generate``. A rule is only a confidence function;
 how many positions are committed, how ties and EOS are treated and how ``alg_temp`` draws
 positions are shared by all rules, so a new rule is one small subclass plus a YAML file.
@@ -31,9 +33,16 @@ class ScheduleConfig:
     eps: float = ranged(1e-3, low=0.0, high=1.0, low_open=True, high_open=True)
     alg_temp: float = ranged(0.0, low=0.0)
     deprioritize_eos: bool = True
-    # Which logits rank the positions: the dLLM's own ("unguided", the reference) or the
-    # guided ones. Tokens are always sampled from the guided logits.
-    order_from: str = one_of("unguided", "unguided", "guided")
+    # Which distribution ranks the positions (tokens are always drawn from the guided logits):
+    # "drawn" = the guided, tempered, top-p/top-k filtered and renormalised distribution the token
+    # was drawn from (Dream's `diffusion_generate`); "guided" = softmax of the guided logits,
+    # unfiltered; "unguided" = softmax of the dLLM's own logits, unfiltered (the authors' entropy
+    # rule, SPEC §2 step 4). Each rule's YAML sets its reference value.
+    order_from: str = one_of("drawn", "drawn", "guided", "unguided")
+    # Temperature of that distribution: the sampling one ("sampling"; 1 when sampling greedily at
+    # temperature 0) or none ("untempered": at very low sampling temperatures tempered
+    # confidences all tie at 1 and unmasking degenerates into left-to-right order).
+    order_temperature: str = one_of("sampling", "sampling", "untempered")
 
 
 @schema("schedule", "low_confidence")
@@ -51,8 +60,8 @@ class UnmaskSchedule:
     def __init__(self, config: ScheduleConfig):
         self.config = config
         self.steps = steps = config.steps
-        # Plain floats, computed once: reading them in the loop costs no device sync.
-        self.grid = [1.0 + (config.eps - 1.0) * i / steps for i in range(steps + 1)]
+        # Plain floats (the float32 grid's values), computed once: reading them in the loop costs no device sync.
+        self.grid = torch.linspace(1.0, config.eps, steps + 1, dtype=torch.float32).tolist()
 
     def confidence(self, probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Per-position confidence [N, L] from the ordering distribution [N, L, V]; higher first."""
@@ -62,8 +71,10 @@ class UnmaskSchedule:
         """Raise ConfigError when the schedule cannot denoise `length` response tokens."""
 
     def confidence_temperature(self, temperature: float) -> float:
-        """Temperature of the distribution positions are ranked by (Dream: the sampling one)."""
-        return temperature
+        """Temperature of the distribution positions are ranked by: the sampling one (Dream), 1 when
+        sampling is greedy (temperature 0, as Dream's and LLaDA's `generate`) or `order_temperature`
+        is "untempered"."""
+        return 1.0 if self.config.order_temperature == "untempered" or temperature == 0 else temperature
 
     def planned_counts(self, length: int) -> list[tuple[int, int]] | None:
         """(masked, committed) counts per step for a fully masked response of `length`.
@@ -85,12 +96,12 @@ class UnmaskSchedule:
         return masked
 
     def commit_count(self, candidates: torch.Tensor, step: int) -> torch.Tensor:
-        """Positions to commit per trajectory [N]: floor(n · (1 − s/t)), all that remain at the end."""
+        """Positions to commit per trajectory [N]: floor(n · (1 − s/t)) in double, all that remain at the end."""
         n = candidates.sum(dim=-1)
         if step == self.steps - 1:
             return n
         t, s = self.grid[step], self.grid[step + 1]
-        return torch.floor(n * (1.0 - s / t)).to(n.dtype)
+        return torch.floor(n.double() * (1.0 - s / t)).to(n.dtype)
 
     def commit_mask(
         self,
@@ -99,10 +110,14 @@ class UnmaskSchedule:
         order_probs: torch.Tensor,
         step: int,
         noise: TrajectoryNoise,
-        eos_token_id: int,
+        eos_token_id: int | torch.Tensor,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Boolean [N, L]: the masked positions whose sampled token is committed at `step`.
+
+        `eos_token_id`: the id, or a 1-D tensor of ids (every stop token of the model), whose
+        samples rank after every other masked position when `deprioritize_eos` is on; ties
+        among them are broken leftmost.
 
         With `positions` [N, F], `order_probs` [N, F, V] holds the ranking distribution at
         those columns only (every masked one among them); the rest rank last.
@@ -117,7 +132,7 @@ class UnmaskSchedule:
         if self.config.alg_temp > 0:  # sampling without replacement from softmax(score / alg_temp)
             score = score / self.config.alg_temp + noise.gumbel(Stream.ORDER, step, score.shape[-1])
         if self.config.deprioritize_eos:
-            score = torch.where(tokens == eos_token_id, torch.full_like(score, _EOS_CONFIDENCE), score)
+            score = torch.where(torch.isin(tokens, eos_token_id), torch.full_like(score, _EOS_CONFIDENCE), score)
         score = torch.where(candidates, score, torch.full_like(score, float("-inf")))
         order = score.argsort(dim=-1, descending=True, stable=True)
         rank = torch.empty_like(order).scatter_(
@@ -170,8 +185,6 @@ class LowConfidenceSchedule(MaskGitPlusSchedule):
     first steps taking the remainder. Counts are fixed in advance, as in LLaDA.
     """
 
-    def confidence_temperature(self, temperature):
-        return 1.0  # LLaDA ranks by the untempered softmax of the logits
 
     def check_length(self, length: int) -> None:
         block = self.config.block_length or length

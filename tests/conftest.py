@@ -21,12 +21,13 @@ CONF = Path(str(files(CONF_MODULE)))
 
 
 def expected_commit_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list[int]:
-    """floor(n·(1 − s/t)) per step from an independent float64 grid; the rest at the end."""
+    """Dream's arithmetic, restated: the grid is float32 torch.linspace(1, eps, T+1), the count
+    floor(n·(1 − s/t)) is taken in double from those float32 values; the rest at the end."""
     import math
 
     import torch
 
-    grid = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()
+    grid = torch.linspace(1.0, eps, steps + 1, dtype=torch.float32).tolist()
     counts = []
     for i in range(steps):
         n = n_masked if i == steps - 1 else math.floor(n_masked * (1.0 - grid[i + 1] / grid[i]))
@@ -36,10 +37,10 @@ def expected_commit_counts(n_masked: int, steps: int, eps: float = 1e-3) -> list
 
 
 def guidance_config(**options):
-    """A RewardGradientConfig built in Python: τ and top-p as the sampler's defaults (no run config to read)."""
+    """A RewardGradientConfig built in Python: τ, top-p and top-k as the sampler's defaults (no run config to read)."""
     from entrgi.guidance import RewardGradientConfig
 
-    return RewardGradientConfig(**{"temperature": 0.7, "top_p": 0.95, **options})
+    return RewardGradientConfig(**{"temperature": 0.7, "top_p": 0.95, "top_k": None, **options})
 
 
 def pytest_collection_modifyitems(config, items):

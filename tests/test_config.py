@@ -89,7 +89,10 @@ def test_tiny_experiment_selects_the_toy_world(compose):
 BAD_VALUES = [
     ("sampler.top_p=1.5", "sampler.top_p"),
     ("sampler.top_p=0", "sampler.top_p"),
-    ("sampler.temperature=0", "sampler.temperature"),
+    ("sampler.temperature=-0.1", "sampler.temperature"),
+    ("sampler.top_k=0", "sampler.top_k"),
+    ("reward.positions=relative", "reward.positions"),
+    ("model.decode=half", "model.decode"),
     ("sampler.num_samples=0", "sampler.num_samples"),
     ("sampler.max_new_tokens=0", "sampler.max_new_tokens"),
     ("sampler.batch_size=0", "sampler.batch_size"),

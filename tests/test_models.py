@@ -65,12 +65,21 @@ def test_prompt_uses_the_chat_template(random_model):
     )
 
 
-def test_decode_stops_at_the_first_stop_token(random_model):
+def test_decode_whole_or_to_the_first_stop_token(random_model, monkeypatch):
+    """model.decode=whole (the authors' script): special tokens skipped, text after them kept;
+    to_stop (fidelity=consistent): cut at the first stop token, EOS or <|im_end|>."""
     tok = random_model.tokenizer
     before = tok("The cat sees the dog.", add_special_tokens=False)["input_ids"]
     after = tok(" It is warm.", add_special_tokens=False)["input_ids"]
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
     ids = before + [random_model.eos_token_id] + after + [random_model.mask_token_id]
+    assert random_model.config.decode == "whole"
+    assert random_model.decode(ids) == "The cat sees the dog. It is warm."
+    assert random_model.decode(before + [im_end] + after) == "The cat sees the dog. It is warm."
+    monkeypatch.setattr(random_model, "stop_token_ids", sorted({random_model.eos_token_id, im_end}))  # as model=tiny
+    monkeypatch.setattr(random_model.config, "decode", "to_stop")
     assert random_model.decode(ids) == "The cat sees the dog."
+    assert random_model.decode(before + [im_end] + after) == "The cat sees the dog."
     assert random_model.decode(before) == "The cat sees the dog."
 
 

@@ -19,7 +19,13 @@ def _rm_tokens(reward, texts):
     return tokens, visible
 
 
-def test_hard_embeddings_score_like_the_text(random_reward):
+@pytest.fixture
+def visible_positions(random_reward, monkeypatch):
+    """reward.positions=visible (fidelity=consistent): positions count only what the RM sees."""
+    monkeypatch.setattr(random_reward.config, "positions", "visible")
+
+
+def test_hard_embeddings_score_like_the_text(random_reward, visible_positions):
     """One-hot embeddings of a text through the embedding path == the text path (varying lengths)."""
     tokens, visible = _rm_tokens(random_reward, RESPONSES)
     layout = random_reward.layout(PROMPTS, 1, tokens.shape[1])
@@ -29,7 +35,7 @@ def test_hard_embeddings_score_like_the_text(random_reward):
     torch.testing.assert_close(by_embeds.detach(), by_text, atol=1e-5, rtol=1e-4)
 
 
-def test_suffixes_of_different_lengths(random_reward, monkeypatch):
+def test_suffixes_of_different_lengths(random_reward, monkeypatch, visible_positions):
     """A template whose suffix depends on the prompt still pools at the true last token."""
     template = (
         "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
@@ -44,7 +50,7 @@ def test_suffixes_of_different_lengths(random_reward, monkeypatch):
     torch.testing.assert_close(by_embeds, random_reward.score_texts(PROMPTS, RESPONSES), atol=1e-5, rtol=1e-4)
 
 
-def test_hidden_positions_and_batch_padding_do_not_change_a_score(random_reward):
+def test_hidden_positions_and_batch_padding_do_not_change_a_score(random_reward, visible_positions):
     """Whatever sits at hidden response positions, and whoever shares the batch, a score is unchanged."""
     tokens, visible = _rm_tokens(random_reward, RESPONSES)
     table = random_reward.embedding_table

@@ -45,10 +45,12 @@ class RewardGradientConfig(GuidanceConfig):
     keep: str = one_of("last", "last", "best")
     focus_margin: int | None = ranged(None, low=0, optional=True)
     eos_mask_from: str = one_of("argmax", "argmax", "sampled")
-    # Shared with the sampler by default: the hard draw and the commit step use the same τ and top-p
-    # (a config built in Python, outside a run config, sets both to numbers).
-    temperature: float = ranged("${sampler.temperature}", low=0.0, low_open=True)
+    # Shared with the sampler by default: the hard draw and the commit step use the same τ and top-p.
+    # 0 (a greedy sampler's): softmax(φ/0) is the one-hot argmax, whose gradient is zero, so the
+    # logits are left as they are; set guidance.temperature > 0 to guide a greedy sampler.
+    temperature: float = ranged("${sampler.temperature}", low=0.0)
     top_p: float = ranged("${sampler.top_p}", low=0.0, high=1.0, low_open=True)
+    top_k: int | None = ranged("${sampler.top_k}", low=1, optional=True)
     min_coverage: float = ranged(0.0, low=0.0, high=1.0)
 
 
@@ -66,8 +68,8 @@ class RewardGradientGuidance(Guidance):
             (ranked by unguided confidence) plus this many more; None optimises all (the paper).
         eos_mask_from: which tokens decide the first EOS that hides the rest of the response
             from the RM: argmax of φ (the reference) or the sampled hard tokens.
-        temperature, top_p: τ of the soft path and of the hard-token draw; top-p applies
-            to the hard draw only.
+        temperature, top_p, top_k: τ of the soft path and of the hard-token draw; top-p and top-k
+            apply to the hard draw only. At τ = 0 guidance leaves the logits unchanged.
         min_coverage: fail when fewer dLLM tokens than this map exactly into the RM vocabulary.
     """
 
@@ -82,6 +84,10 @@ class RewardGradientGuidance(Guidance):
         lookup_rule(config.rule)  # unknown names fail here, before any model work
         self.optimizer_cls = _OPTIMIZERS[config.optimizer]
         self.eos_token_id, self.mask_token_id = model.eos_token_id, model.mask_token_id
+        # Which dLLM tokens end the response the RM reads (`reward.hide_from`): EOS (the reference) or every stop token.
+        self.hide_ids = torch.tensor(
+            model.stop_token_ids if reward.config.hide_from == "stop" else [model.eos_token_id], device=model.device
+        )
         bridge = build_vocab_bridge(model.tokenizer, reward.tokenizer, model.vocab_size)
         self.coverage = bridge.coverage
         log.info("vocabulary bridge: %.2f%% of dLLM tokens map exactly into the RM vocabulary", 100 * bridge.coverage)
@@ -101,9 +107,10 @@ class RewardGradientGuidance(Guidance):
         self.layout = self.reward.layout(prompts, num_samples, response_length)
 
     def _visible(self, response: torch.Tensor, masked: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
-        """RM sees the response up to, not including, its first EOS (pad = eos in Dream)."""
+        """RM sees the response up to, not including, its first EOS (pad = eos in Dream), or with
+        `reward.hide_from=stop` its first stop token."""
         current = torch.where(masked, proposal, response)
-        return (current == self.eos_token_id).long().cumsum(-1) == 0
+        return torch.isin(current, self.hide_ids).long().cumsum(-1) == 0
 
     def _accumulate_histogram(self, ent: torch.Tensor, error: torch.Tensor, masked: torch.Tensor) -> None:
         n = HISTOGRAM_BINS
@@ -132,12 +139,12 @@ class RewardGradientGuidance(Guidance):
         scaled = current / self.config.temperature
         scaled[..., self.mask_token_id] = float("-inf")  # as in the commit draw: <mask> is no token
         uniforms = context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, context.masked.shape[-1], iteration)
-        hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.config.top_p)
+        hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.config.top_p, self.config.top_k)
         mix = relaxed_embeddings(phi, self.table, hard, weight, self.config.temperature, entropy_nats=ent)
         return mix, hard, ent, weight
 
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
-        if context.step % self.config.every:
+        if context.step % self.config.every or self.config.temperature == 0:
             return Steered(logits=logits, stats={})
         masked, response = context.masked, context.response
         vocab = logits.shape[-1]

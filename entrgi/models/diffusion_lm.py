@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import transformers
@@ -18,7 +19,7 @@ from omegaconf import MISSING
 from transformers.masking_utils import create_bidirectional_mask
 
 from entrgi.schemas import schema
-from entrgi.validation import one_of
+from entrgi.validation import ConfigError, one_of
 from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
 
 # Keys of a remote-code config.json that must not reach transformers' own config class.
@@ -35,6 +36,8 @@ class DiffusionLMConfig:
     backbone: str = "Qwen2ForCausalLM"
     config_keys: dict[str, str] = field(default_factory=dict)
     weight_keys: dict[str, str] = field(default_factory=dict)
+    # config.json flags the backbone cannot express: {key: accepted values}; another value is refused.
+    config_requires: dict[str, list[Any]] = field(default_factory=dict)
     tokenizer_class: str | None = None
     mask_token_id: int | None = None
     eos_token_id: int | None = None
@@ -42,6 +45,9 @@ class DiffusionLMConfig:
     logit_shift: bool = True
     device: str = "auto"
     dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+    # The final text: the whole response region with special tokens skipped, text after a stop
+    # token kept ("whole", the authors' script), or cut at the first stop token ("to_stop").
+    decode: str = one_of("whole", "whole", "to_stop")
 
 
 class DiffusionLM:
@@ -53,11 +59,15 @@ class DiffusionLM:
         config_keys: renames of the checkpoint's config.json keys to the backbone's.
         weight_keys: regex renames of the checkpoint's weight names to the backbone's
             (transformers' `key_mapping`).
+        config_requires: {config.json key: accepted values} for flags of the checkpoint's format that
+            the backbone cannot express (LLaDA's `scale_logits`, `input_emb_norm`, ...); a checkpoint
+            that sets another value raises ConfigError.
         tokenizer_class: transformers tokenizer class to use instead of the one the
             checkpoint names (Dream names a remote-code class).
         mask_token_id, eos_token_id: override the ids in the checkpoint's config.json.
         stop_tokens: extra tokens that end a decoded response (e.g. end-of-turn), by name.
         logit_shift: position j reads the output at j-1 (Dream) or its own (LLaDA).
+        decode: "whole" (the authors' script) or "to_stop" (cut at the first stop token).
     """
 
     def __init__(self, config: DiffusionLMConfig):
@@ -65,6 +75,12 @@ class DiffusionLM:
         folder = resolve_checkpoint(config.path, "model.path")
         self.device = resolve_device(config.device)
         raw = json.loads((folder / "config.json").read_text())
+        for key, accepted in (config.config_requires or {}).items():
+            if key in raw and raw[key] not in list(accepted):
+                raise ConfigError(
+                    f"model.path={config.path!r} sets {key}={raw[key]!r} in config.json, which "
+                    f"model.backbone={config.backbone} cannot express (model.config_requires.{key}: {list(accepted)})"
+                )
         model_cls = getattr(transformers, config.backbone)
         renames = dict(config.config_keys or {})
         settings = {k: v for k, v in raw.items() if k not in _REMOTE_CONFIG_KEYS and k not in renames.values()}
@@ -115,8 +131,9 @@ class DiffusionLM:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def decode(self, response_ids: list[int]) -> str:
-        """Text of a response up to (not including) its first stop token."""
-        stops = set(self.stop_token_ids)
+        """Text of a response, special tokens skipped: all of it (`decode="whole"`, the authors' script:
+        text after a stop token is kept) or up to, not including, its first stop token ("to_stop")."""
+        stops = set(self.stop_token_ids) if self.config.decode == "to_stop" else set()
         cut = next((i for i, tok in enumerate(response_ids) if tok in stops), len(response_ids))
         return self.tokenizer.decode(response_ids[:cut], skip_special_tokens=True)
 

@@ -36,6 +36,19 @@ class RewardModelConfig:
     prefix_cache: bool = True
     device: str = "auto"
     dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+    # How the RM reads a response (the `fidelity` group sets all three; see the README):
+    # positions of the embedding path: "absolute" = every column occupies a position, hidden ones
+    # and padding included, as when no position ids are passed (the authors' script); "visible" =
+    # contiguous over the visible tokens.
+    positions: str = one_of("absolute", "absolute", "visible")
+    # the guidance RM input hides the response from its first "eos" (the reference) or its first
+    # "stop" token (every stop token of the dLLM).
+    hide_from: str = one_of("eos", "eos", "stop")
+    # final scores: the decoded text rendered by the RM's chat template ("template", which may
+    # strip leading newlines or split off a think block), or the template rendered around a
+    # placeholder with the text's tokens spliced in verbatim ("splice": the very token
+    # sequence the embedding path is built from).
+    text_path: str = one_of("template", "template", "splice")
 
 
 # Stands in for the response while the chat template is rendered, then split on.
@@ -72,6 +85,7 @@ class RewardModel:
                 trading time for memory (the RM backward dominates guidance memory).
             prefix_cache: compute the keys/values of the template prefix and prompt once per
                 batch instead of in every RM pass (not combined with checkpointing).
+            positions, hide_from, text_path: how the RM reads a response (`RewardModelConfig`).
         """
         self.config = config
         folder = resolve_checkpoint(config.path, "reward.path")
@@ -136,7 +150,7 @@ class RewardModel:
         # layers and would append to the cache twice: both take the uncached path.
         cached = self.config.prefix_cache and not self.config.gradient_checkpointing
         if cached and suffix_width and all(suf for _, suf in parts):
-            positions = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
+            positions = self._positions(prefix_mask)
             out = self.network.base_model(
                 inputs_embeds=prefix_embeds, attention_mask=self._mask(prefix_embeds, prefix_mask, positions),
                 position_ids=positions, past_key_values=DynamicCache(), use_cache=True,
@@ -153,6 +167,12 @@ class RewardModel:
             per_sample(prefix_embeds), per_sample(suffix_embeds), per_sample(prefix_mask), per_sample(suffix_mask),
             cache,
         )
+
+    def _positions(self, visible: torch.Tensor) -> torch.Tensor:
+        """Position ids [N, S] of an RM input whose visible columns are `visible` [N, S]."""
+        if self.config.positions == "absolute":
+            return torch.arange(visible.shape[1], device=visible.device).expand(visible.shape)
+        return (visible.long().cumsum(-1) - 1).clamp(min=0)
 
     def _mask(self, embeds, visible, positions, past=None):
         """The causal + padding mask, always materialised: deciding to skip it reads the GPU.
@@ -178,12 +198,13 @@ class RewardModel:
         """Differentiable float32 scores [N] of responses given as embeddings [N, L, d].
 
         `response_visible` [N, L] hides response positions from the RM (after the first EOS).
-        Positions count visible tokens only, as if hidden ones were not there, and each row
-        is pooled at its last visible position.
+        With `positions="visible"` positions count visible tokens only, as if hidden ones were not
+        there; with "absolute" every column has its index as position, as when the authors' script
+        calls the RM without position ids. Each row is pooled at its last visible position.
         """
         dtype = layout.prefix_embeds.dtype
         visible = torch.cat([layout.prefix_real, response_visible, layout.suffix_real], dim=1)
-        positions = (visible.long().cumsum(-1) - 1).clamp(min=0)
+        positions = self._positions(visible)
         if layout.prefix_cache is None:
             offset, past = 0, None
             embeds = torch.cat([layout.prefix_embeds, response_embeds.to(dtype), layout.suffix_embeds], dim=1)
@@ -201,15 +222,28 @@ class RewardModel:
 
     @torch.no_grad()
     def score_texts(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        """Float32 scores [N] on the CPU, `batch_size` conversations per forward pass."""
-        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+        """Float32 scores [N] on the CPU, `batch_size` conversations per forward pass.
+
+        `text_path="template"` renders each response with the chat template; "splice" tokenises
+        the template's prefix and suffix (as the embedding path does) and the response verbatim.
+        """
+        if self.config.text_path == "splice":
+            rows = [self.splice_ids(p, r) for p, r in zip(prompts, responses, strict=True)]
+        else:
+            texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+            rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         scores = []
-        for i in range(0, len(texts), self.config.batch_size):
-            batch = self.tokenizer(
-                texts[i : i + self.config.batch_size], padding=True, add_special_tokens=False, return_tensors="pt"
+        for i in range(0, len(rows), self.config.batch_size):
+            batch = self.tokenizer.pad(
+                {"input_ids": rows[i : i + self.config.batch_size]}, padding=True, return_tensors="pt"
             ).to(self.device)
             scores.append(self.network(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
+
+    def splice_ids(self, prompt: str, response: str) -> list[int]:
+        """RM token ids of [template prefix | the response's own tokens | template suffix]."""
+        prefix, suffix = self.template_parts(prompt)
+        return prefix + self.tokenizer(response, add_special_tokens=False)["input_ids"] + suffix
 
 
 def _merge_adapter(network, adapter_path: str):
