@@ -9,6 +9,7 @@ padding in `inputs_embeds` and would pool position -1).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,9 @@ class RewardModelConfig:
     device: str = "auto"
     dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
 
+
+# transformers 5.x renamed `past_key_values` to `cache` (the old name warns on every call).
+_CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 # Stands in for the response while the chat template is rendered, then split on.
 _PLACEHOLDER = "\u2063ENTRGI_RESPONSE\u2063"
@@ -146,11 +150,11 @@ class RewardModel:
             positions = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
             out = self.network.base_model(
                 inputs_embeds=prefix_embeds, attention_mask=self._mask(prefix_embeds, prefix_mask, positions),
-                position_ids=positions, past_key_values=DynamicCache(), use_cache=True,
+                position_ids=positions, use_cache=True, **{_CACHE: DynamicCache()},
             )
             cache = [
                 (keys.repeat_interleave(num_samples, 0), values.repeat_interleave(num_samples, 0))
-                for keys, values, *_ in out.past_key_values
+                for keys, values, *_ in getattr(out, _CACHE)
             ]
 
         def per_sample(tensor):
@@ -169,8 +173,8 @@ class RewardModel:
         which some fused attention kernels turn into NaN that then leaks through the backward.
         """
         mask = create_causal_mask(
-            config=self.network.config, inputs_embeds=embeds, attention_mask=visible, past_key_values=past,
-            position_ids=positions, allow_is_causal_skip=False,
+            config=self.network.config, inputs_embeds=embeds, attention_mask=visible,
+            position_ids=positions, allow_is_causal_skip=False, **{_CACHE: past},
         )
         if not (torch.is_tensor(mask) and mask.dim() == 4):
             return mask
@@ -200,7 +204,7 @@ class RewardModel:
         positions = positions[:, offset:]
         hidden = self.network.base_model(
             inputs_embeds=embeds, attention_mask=self._mask(embeds, visible, positions, past),
-            position_ids=positions, past_key_values=past, use_cache=past is not None,
+            position_ids=positions, use_cache=past is not None, **{_CACHE: past},
         ).last_hidden_state
         last = (visible.long() * torch.arange(visible.shape[1], device=visible.device)).argmax(-1) - offset
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
