@@ -8,6 +8,7 @@ several jobs can share one benchmark; `entrgi.report` merges them back into one 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from entrgi.checkpoints import ResourceUnavailable, hub_reachable
-from entrgi.validation import ConfigError, ranged
+from entrgi.validation import ConfigError, one_of, ranged
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class BenchmarkConfig:
     # Part `shard` of `num_shards` disjoint parts of the slice (strided: prompt j -> shard j mod n).
     shard: int = ranged(0, low=0)
     num_shards: int = ranged(1, low=1)
+    # A prompt too long for the dLLM's or the RM's context: refuse the job (none) or cut its start (left).
+    truncate: str = one_of("none", "none", "left")
 
 
 class DatasetBenchmark:
@@ -73,6 +76,7 @@ class DatasetBenchmark:
         slice_seed: int = 0,
         shard: int = 0,
         num_shards: int = 1,
+        truncate: str = "none",
     ):
         self.name = name
         self.path = path
@@ -85,15 +89,18 @@ class DatasetBenchmark:
         self.slice_seed = slice_seed
         self.shard = shard
         self.num_shards = num_shards
+        self.truncate = truncate
 
     def _load_rows(self):
         import datasets  # imported here: it is slow to import and only needed at load time
 
+        if not str(self.path or "").strip():
+            raise ConfigError("benchmark.path is empty: set it to a prompt file, a dataset folder or a Hub id")
         local = Path(self.path).expanduser()
-        if local.is_file() and local.suffix.lower() in _FILE_BUILDERS:
-            return datasets.load_dataset(_FILE_BUILDERS[local.suffix.lower()], data_files=str(local), split="train")
+        if local.is_file():
+            return self._load_file(local)
         if local.is_dir():
-            return datasets.load_dataset(str(local), split=self.split)
+            return self._load_folder(local)
         hint = (
             f"point benchmark.path at a local copy (a dataset folder or a .jsonl/.json/.parquet/.csv file "
             f"with field {self.prompt_field!r}), or run the offline tiny setup with experiment=tiny"
@@ -110,6 +117,42 @@ class DatasetBenchmark:
                 f"benchmark.path={self.path!r} split {self.split!r} is not in the datasets cache "
                 f"({type(error).__name__}); {hint}"
             ) from None
+
+    def _load_file(self, local: Path):
+        """A local JSON / JSONL / CSV / parquet file; unreadable content is a one-line error naming it."""
+        import datasets
+
+        builder = _FILE_BUILDERS.get(local.suffix.lower())
+        if builder is None:
+            raise ConfigError(f"benchmark.path={self.path!r}: expected a .jsonl, .json, .csv or .parquet file, "
+                              "a dataset folder or a Hub id")
+        if builder != "parquet":
+            _check_text_file(local, builder, self.path)
+        try:
+            return datasets.load_dataset(builder, data_files=str(local), split="train")
+        except Exception as error:  # noqa: BLE001  (datasets raises many kinds; all mean "cannot read it")
+            raise ConfigError(f"benchmark.path={self.path!r} cannot be read as {local.suffix.lstrip('.')}: "
+                              f"{_first_line(error)}") from None
+
+    def _load_folder(self, local: Path):
+        """A dataset folder: `save_to_disk` of a Dataset or a DatasetDict, or a folder of data files."""
+        import datasets
+
+        if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
+            loaded = datasets.load_from_disk(str(local))
+            if isinstance(loaded, datasets.Dataset):
+                return loaded
+            if self.split not in loaded:
+                raise ConfigError(f"benchmark.split={self.split!r} is not in {self.path} "
+                                  f"(splits: {', '.join(loaded)})")
+            return loaded[self.split]
+        try:
+            found = datasets.load_dataset(str(local))
+        except Exception as error:  # noqa: BLE001
+            raise ConfigError(f"benchmark.path={self.path!r}: no dataset in this folder ({_first_line(error)})") from None
+        if self.split not in found:
+            raise ConfigError(f"benchmark.split={self.split!r} is not in {self.path} (splits: {', '.join(found)})")
+        return found[self.split]
 
     def prompts(self) -> list[Prompt]:
         """This job's prompts: the shard of the slice (the whole slice unless num_shards > 1)."""
@@ -135,13 +178,22 @@ class DatasetBenchmark:
     def slice(self) -> list[Prompt]:
         """The slice: category filter, empty and duplicate prompts dropped, then n_prompts drawn."""
         rows = self._load_rows()
-        for key in (self.prompt_field, self.category_field, self.id_field):
-            if key is not None and key not in rows.column_names:
-                raise KeyError(
-                    f"benchmark field {key!r} not in {self.path} (columns: {', '.join(rows.column_names)})"
-                )
+        fields = {"prompt_field": self.prompt_field, "category_field": self.category_field, "id_field": self.id_field}
+        for key, value in fields.items():
+            if value is not None and value not in rows.column_names:
+                raise ConfigError(f"benchmark.{key}={value!r} is not a field of {self.path} "
+                                  f"(fields: {', '.join(rows.column_names)})")
         wanted = set(self.categories)
+        if wanted:
+            if self.category_field is None:
+                raise ConfigError(f"benchmark.categories={sorted(wanted)} needs benchmark.category_field "
+                                  f"(fields of {self.path}: {', '.join(rows.column_names)})")
+            there = {str(c) for c in rows[self.category_field]}
+            if wanted - there:
+                raise ConfigError(f"benchmark.categories: {', '.join(sorted(wanted - there))} not in {self.path} "
+                                  f"(categories: {', '.join(sorted(there))})")
         seen: set[str] = set()
+        rows_of: dict[str, list[int]] = {}
         kept, empty, duplicate = [], 0, 0
         for index, row in enumerate(rows):
             category = str(row[self.category_field]) if self.category_field else None
@@ -156,12 +208,55 @@ class DatasetBenchmark:
                 continue
             seen.add(text)
             pid = str(row[self.id_field]) if self.id_field else f"{self.split}-{index}"
+            rows_of.setdefault(pid, []).append(index)
             kept.append(Prompt(id=pid, text=text, category=category))
+        clashes = {pid: where for pid, where in rows_of.items() if len(where) > 1}
+        if clashes:  # results are keyed by id: a resumed run would silently drop prompts
+            pid, where = next(iter(clashes.items()))
+            more = f" ({len(clashes) - 1} more ids repeat)" if len(clashes) > 1 else ""
+            raise ConfigError(f"benchmark.id_field={self.id_field!r}: id {pid!r} is used by rows "
+                              f"{', '.join(map(str, where))} of {self.path}{more}; ids must be unique")
         if empty or duplicate:
             log.warning("benchmark %s: dropped %d empty and %d duplicate prompts", self.name, empty, duplicate)
-        if self.n_prompts is not None and self.n_prompts < len(kept):
+        if not kept:
+            raise ConfigError(f"benchmark.prompt_field={self.prompt_field!r}: no non-blank prompt left in "
+                              f"{self.path}" + (f" for benchmark.categories={sorted(wanted)}" if wanted else ""))
+        if self.n_prompts is not None and self.n_prompts > len(kept):
+            log.warning("benchmark.n_prompts=%d but %s has %d prompts: using all %d",
+                        self.n_prompts, self.path, len(kept), len(kept))
+        elif self.n_prompts is not None and self.n_prompts < len(kept):
             chosen = sorted(random.Random(self.slice_seed).sample(range(len(kept)), self.n_prompts))
             kept = [kept[i] for i in chosen]
-        if not kept:
-            raise ValueError(f"benchmark {self.name}: no prompts left after filtering {self.path}")
         return kept
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _check_text_file(path: Path, builder: str, key_value: str) -> None:
+    """Refuse an empty, non-UTF-8 or (for JSON) malformed file with the line at fault."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ConfigError(f"benchmark.path={key_value!r} is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"benchmark.path={key_value!r} is not UTF-8 text (line {line}, byte {error.start}); "
+                          "convert it, e.g. with iconv -t utf-8") from None
+    if builder != "json":
+        return
+    try:
+        json.loads(text)
+        return  # one JSON document (a list of rows, or {"data": [...]})
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"benchmark.path={key_value!r}: line {number} is not valid JSON ({error.msg}, "
+                                  f"column {error.colno})") from None
