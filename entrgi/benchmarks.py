@@ -94,6 +94,7 @@ class DatasetBenchmark:
     def _load_rows(self):
         import datasets  # imported here: it is slow to import and only needed at load time
 
+        datasets.disable_progress_bars()  # a prompt file loads in an instant; its bars only clutter stderr
         if not str(self.path or "").strip():
             raise ConfigError("benchmark.path is empty: set it to a prompt file, a dataset folder or a Hub id")
         local = Path(self.path).expanduser()

@@ -35,6 +35,7 @@ from entrgi.checkpoints import ResourceUnavailable
 from entrgi.evaluators.judging import Judged, apply_evaluators, finished_runs
 from entrgi.evaluators.scores import field_key
 from entrgi.loggers import wandb_run_id
+from entrgi.preflight import check_devices, unwrapped_errors
 from entrgi.reporting.runs import Run, load_run
 from entrgi.validation import ConfigError, validate
 
@@ -81,8 +82,10 @@ def evaluate(cfg: DictConfig) -> dict[Path, dict[str, Any]]:
     if not cfg.runs:
         raise ConfigError("no runs to judge: pass run or sweep directories, e.g. "
                           "python -m entrgi.evaluate outputs/runs/experiment=tiny,seed=1 evaluator=[tiny-judge]")
+    check_devices(cfg)
     runs = finished_runs(list(cfg.runs))
-    judged = apply_evaluators(cfg.evaluator, runs, skip_judged=cfg.skip_judged)
+    with unwrapped_errors():
+        judged = apply_evaluators(cfg.evaluator, runs, skip_judged=cfg.skip_judged)
     summaries = {}
     for run_dir, lines in judged.items():
         if lines:

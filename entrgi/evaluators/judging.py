@@ -66,11 +66,15 @@ def evaluator_configs(node: Mapping[str, Any] | None) -> dict[str, DictConfig]:
     return by_name
 
 
-def locate_weights(configs: Mapping[str, DictConfig]) -> None:
-    """Find every judge's weights before any model loads: a missing 72B judge fails in seconds."""
-    for name, config in configs.items():
+def locate_weights(node: Mapping[str, DictConfig] | None) -> None:
+    """Find every judge's weights before any model loads: a missing 72B judge fails in seconds.
+
+    `node` is the `evaluator` config node ({option: config}); messages name `evaluator.<option>.…`,
+    the key the user sets (not the judge's name, which may differ: `rm-Skywork-…` for `reward`).
+    """
+    for option, config in (node or {}).items():
         for key, value in _paths(config):
-            resolve_checkpoint(value, f"evaluator.{name}.{key}")
+            resolve_checkpoint(value, f"evaluator.{option}.{key}")
 
 
 def _paths(node: DictConfig, prefix: str = "") -> list[tuple[str, str]]:
@@ -127,7 +131,7 @@ def apply_evaluators(node: Mapping[str, Any] | None, run_dirs: Sequence[Path],
     results: dict[Path, Judged] = {Path(run_dir): {} for run_dir in run_dirs}
     todo = {name: [Path(d) for d in run_dirs if not (skip_judged and is_judged(d, name))]
             for name, config in configs.items()}
-    locate_weights({name: config for name, config in configs.items() if todo[name]})
+    locate_weights({option: config for option, config in (node or {}).items() if todo[config.name]})
     for name, config in configs.items():
         if not todo[name]:
             continue

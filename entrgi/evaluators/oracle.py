@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
+from entrgi.toy.grammar import parse_prompt
 from entrgi.toy.oracle import oracle
 from entrgi.validation import ConfigError, one_of
 
@@ -29,6 +30,15 @@ class ToyOracle(Evaluator):
 
     def __init__(self, name: str = "oracle", responses: str = "all"):
         super().__init__(name, responses)
+
+    @classmethod
+    def check_prompts(cls, prompts: Sequence[tuple[str, str]]) -> str | None:
+        for prompt_id, text in prompts:
+            try:
+                parse_prompt(text)
+            except ValueError:
+                return f"it judges toy-world prompts only, and prompt {prompt_id!r} is not one ({text[:40]!r})"
+        return None
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
         judgements = []

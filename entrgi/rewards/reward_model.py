@@ -111,8 +111,7 @@ class RewardModel:
 
     def render(self, prompt: str, response: str) -> str:
         """The conversation as the RM was trained to read it."""
-        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        return render(self.tokenizer, prompt, response)
 
     @property
     def embedding_table(self) -> torch.Tensor:
@@ -120,10 +119,7 @@ class RewardModel:
 
     def template_parts(self, prompt: str) -> list[list[int]]:
         """Token ids of the rendered template before and after the assistant's response."""
-        rendered = self.render(prompt, _PLACEHOLDER)
-        if rendered.count(_PLACEHOLDER) != 1:
-            raise ValueError("the reward chat template does not render the response exactly once")
-        return [self.tokenizer(part, add_special_tokens=False)["input_ids"] for part in rendered.split(_PLACEHOLDER)]
+        return template_parts(self.tokenizer, prompt)
 
     @torch.no_grad()
     def layout(self, prompts: list[str], num_samples: int, response_length: int) -> RewardInputLayout:
@@ -221,6 +217,20 @@ class RewardModel:
             ).to(self.device)
             scores.append(self.network(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def render(tokenizer, prompt: str, response: str) -> str:
+    """The conversation in the RM's chat template, as the RM was trained to read it."""
+    conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(conversation, tokenize=False)
+
+
+def template_parts(tokenizer, prompt: str) -> list[list[int]]:
+    """Token ids of the rendered template before and after the assistant's response (also checked before loading)."""
+    rendered = render(tokenizer, prompt, _PLACEHOLDER)
+    if rendered.count(_PLACEHOLDER) != 1:
+        raise ValueError("the reward chat template does not render the response exactly once")
+    return [tokenizer(part, add_special_tokens=False)["input_ids"] for part in rendered.split(_PLACEHOLDER)]
 
 
 def _merge_adapter(network, adapter_path: str):
