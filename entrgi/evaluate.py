@@ -48,7 +48,14 @@ _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", 
 
 
 def _is_path(argument: str) -> bool:
-    return os.path.exists(argument) or (glob.has_magic(argument) and bool(glob.glob(argument, recursive=True)))
+    """A run path (existing or not), as opposed to a Hydra override: a path that does not exist must
+    reach `finished_runs` and fail there with one line, not as a Hydra grammar error."""
+    if os.path.exists(argument) or (glob.has_magic(argument) and bool(glob.glob(argument, recursive=True))):
+        return True
+    if argument.startswith(("/", "./", "../", "~/")) or "=" not in argument and not argument.startswith("~"):
+        return True
+    key = argument.split("=", 1)[0]  # run directory names hold `=`: outputs/runs/experiment=tiny,seed=1
+    return "/" in key and os.path.isdir(os.path.dirname(key))
 
 
 def _quoted(path: str) -> str:

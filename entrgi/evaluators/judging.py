@@ -45,15 +45,29 @@ def finished_runs(paths: Sequence[str | Path]) -> list[Path]:
         raise NotJudgeable(str(error)) from None
     if not found:
         raise NotJudgeable("no run directories (with config.yaml or summary.json) under: " + " ".join(map(str, paths)))
+    usable = []
     for path in found:
         run = load_run(path)
-        if isinstance(run, Incomplete):
+        if isinstance(run, Incomplete) and run.corrupted:  # one damaged run must not stop a sweep's judging
+            log.warning("skipped, %s", run.reason)
+        elif isinstance(run, Incomplete):
             raise NotJudgeable(f"{path} is not a finished run ({run.reason}); only finished runs can be judged")
-    return found
+        else:
+            usable.append(path)
+    if not usable:
+        raise NotJudgeable(f"none of the {len(found)} runs under {' '.join(map(str, paths))} can be read "
+                           "(corrupted files, listed above)")
+    return usable
 
 
 def is_judged(run_dir: Path, name: str) -> bool:
+    """Does the run hold this evaluator's judgements file (its summary keys may still be missing)?"""
     return (Path(run_dir) / JUDGEMENTS / f"{name}.jsonl").is_file()
+
+
+def _summarised(run_dir: Path, name: str) -> bool:
+    summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+    return field_key(name, "top1_mean") in summary
 
 
 def evaluator_configs(node: Mapping[str, Any] | None) -> dict[str, DictConfig]:
@@ -103,21 +117,32 @@ def judge_run(run_dir: Path, evaluator: Evaluator, config: dict[str, Any] | None
         count = len(judged_indices(record, evaluator.responses))
         lines.append(prompt_line(record, evaluator.responses, judgements[first : first + count]))
         first += count
-    fields = summary_fields(evaluator.name, lines)
-    directory = RunDirectory(run_dir)
-    with FileLock(str(Path(run_dir) / LOCK)):
-        directory.write_judgements(evaluator.name, lines)
-        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
-        for key in FIELDS:
-            summary.pop(field_key(evaluator.name, key), None)
-        evaluators = summary.pop("evaluators", {})  # kept last, after the numbers
-        evaluators[evaluator.name] = {"responses": evaluator.responses, **(config or {})}
-        summary.update(fields, evaluators=evaluators)
-        directory.write_summary(summary)
+    fields = _store(run_dir, evaluator.name, evaluator.responses, lines, config)
     mean = fields[field_key(evaluator.name, "top1_mean")]
     log.info("%s on %s: Top@1 response %s, %d of %d responses failed", evaluator.name, run_dir,
              "—" if mean is None else f"{mean:.4f}", fields[field_key(evaluator.name, "failures")], len(pairs))
     return lines
+
+
+def _store(run_dir: Path, name: str, responses: str, lines: list[dict[str, Any]] | None,
+           config: dict[str, Any] | None) -> dict[str, Any]:
+    """Write an evaluator's lines (None: keep the file there) and its summary keys; returns the keys."""
+    directory = RunDirectory(run_dir)
+    with FileLock(str(Path(run_dir) / LOCK)):
+        if lines is None:
+            lines = [json.loads(line) for line in (Path(run_dir) / JUDGEMENTS / f"{name}.jsonl").read_text().splitlines()
+                     if line.strip()]
+        else:
+            directory.write_judgements(name, lines)
+        fields = summary_fields(name, lines)
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+        for key in FIELDS:
+            summary.pop(field_key(name, key), None)
+        evaluators = summary.pop("evaluators", {})  # kept last, after the numbers
+        evaluators[name] = {"responses": responses, **(config or {})}
+        summary.update(fields, evaluators=evaluators)
+        directory.write_summary(summary)
+    return fields
 
 
 def apply_evaluators(node: Mapping[str, Any] | None, run_dirs: Sequence[Path],
@@ -129,6 +154,12 @@ def apply_evaluators(node: Mapping[str, Any] | None, run_dirs: Sequence[Path],
     """
     configs = evaluator_configs(node)
     results: dict[Path, Judged] = {Path(run_dir): {} for run_dir in run_dirs}
+    if skip_judged:  # a job killed between the judgements file and the summary: finish its summary, no re-judging
+        for name, config in configs.items():
+            for run_dir in run_dirs:
+                if is_judged(run_dir, name) and not _summarised(run_dir, name):
+                    log.info("%s: %s judgements found without their summary keys; adding them", run_dir, name)
+                    _store(Path(run_dir), name, config.responses, None, OmegaConf.to_container(config, resolve=True))
     todo = {name: [Path(d) for d in run_dirs if not (skip_judged and is_judged(d, name))]
             for name, config in configs.items()}
     locate_weights({option: config for option, config in (node or {}).items() if todo[config.name]})
