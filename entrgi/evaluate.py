@@ -55,7 +55,7 @@ def _is_path(argument: str) -> bool:
     if argument.startswith(("/", "./", "../", "~/")) or "=" not in argument and not argument.startswith("~"):
         return True
     key = argument.split("=", 1)[0]  # run directory names hold `=`: outputs/runs/experiment=tiny,seed=1
-    return "/" in key and os.path.isdir(os.path.dirname(key))
+    return "/" in key and ("," in key or os.path.isdir(os.path.dirname(key)))
 
 
 def _quoted(path: str) -> str:
