@@ -54,8 +54,11 @@ def _is_path(argument: str) -> bool:
         return True
     if argument.startswith(("/", "./", "../", "~/")) or "=" not in argument and not argument.startswith("~"):
         return True
-    key = argument.split("=", 1)[0]  # run directory names hold `=`: outputs/runs/experiment=tiny,seed=1
-    return "/" in key and ("," in key or os.path.isdir(os.path.dirname(key)))
+    # Run directory names hold `=` (outputs/runs/experiment=tiny,seed=1); a group override's key holds
+    # `/` only under a config group folder (hydra/launcher=slurm-judge).
+    key = argument.split("=", 1)[0].lstrip("+~")
+    group = key.split("/", 1)[0].split("@", 1)[0]
+    return "/" in key and group != "hydra" and not (CONF / group).is_dir()
 
 
 def _quoted(path: str) -> str:

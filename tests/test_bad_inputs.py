@@ -185,3 +185,82 @@ def test_no_deprecation_warning_on_guided_steps(toy_reward, recwarn, caplog):
     assert layout.prefix_cache is not None  # the cached path, which passes a cache to transformers
     assert not [str(w.message) for w in recwarn if issubclass(w.category, (FutureWarning, DeprecationWarning))]
     assert not [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(compose, tmp_path_factory):
+    """A finished two-prompt toy run (no judges yet)."""
+    folder = tmp_path_factory.mktemp("finished")
+    data = folder / "p.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in (
+        "Describe a grey frog that sleeps by the field.", "Describe a red fox that runs in the forest.")))
+    before = torch.get_num_threads()
+    run_experiment(compose([*BASE, "benchmark=prompts", f"benchmark.path={data}", "benchmark.prompt_field=text",
+                            "evaluator=[]"]), folder / "run")
+    torch.set_num_threads(before)
+    return folder / "run"
+
+
+def test_report_and_evaluate_skip_a_run_with_a_corrupted_summary(finished_run, tmp_path, capsys, caplog):
+    from entrgi.evaluators.judging import finished_runs
+    from entrgi.report import main as report
+
+    good, bad = tmp_path / "sweep" / "good", tmp_path / "sweep" / "bad"
+    shutil.copytree(finished_run, good)
+    shutil.copytree(finished_run, bad)
+    (bad / "summary.json").write_text('{"top1_mean": 0.')
+    assert report([str(tmp_path / "sweep"), "--no-figures", "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert f"incomplete, left out: {bad.resolve()}: corrupted {bad.resolve() / 'summary.json'}: JSONDecodeError" in out
+    assert "1 runs in 1 rows" in out
+    with caplog.at_level(logging.WARNING, logger="entrgi.evaluators.judging"):
+        assert finished_runs([str(tmp_path / "sweep")]) == [good.resolve()]
+    assert any(f"corrupted {bad.resolve() / 'summary.json'}" in r.getMessage() for r in caplog.records)
+
+
+def test_a_path_that_is_not_a_run_is_one_line_for_evaluate(tmp_path):
+    from entrgi.evaluate import paths_to_override
+
+    missing = "outputs/runs/experiment=tinyy,seed=1"
+    assert paths_to_override([missing, "evaluator=[tiny-judge]"]) == ["evaluator=[tiny-judge]", f"runs=['{missing}']"]
+    assert paths_to_override(["hydra/launcher=slurm-judge"]) == ["hydra/launcher=slurm-judge"]
+    done = subprocess.run([sys.executable, "-m", "entrgi.evaluate", str(tmp_path / "nope"), "evaluator=[tiny-judge]"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"entrgi.evaluate: error: {tmp_path / 'nope'}: no such file or directory"]
+
+
+def test_a_refused_duplicate_job_leaves_the_other_jobs_directory_alone(finished_run, tmp_path):
+    from entrgi.sweeps import clear_error, write_error
+    from entrgi.tracking import ERROR, RunDirectory, RunDirectoryBusy
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / ERROR).write_text("{}")  # as if the running job had recorded something
+    with RunDirectory(run).lock():  # the first job is running
+        clear_error(run)
+        assert (run / ERROR).is_file()  # not the duplicate's to delete
+        (run / ERROR).unlink()
+        write_error(run, RunDirectoryBusy(f"{run} is being written by another job"))
+    assert not (run / ERROR).exists()
+    write_error(run, ConfigError("bad"))  # any other failure is recorded
+    assert (run / ERROR).exists()
+
+
+def test_judge_keys_come_back_after_a_kill_between_judgements_and_summary(finished_run, tmp_path, tiny_judges):
+    from entrgi.evaluators.judging import apply_evaluators
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        node = hydra_compose(config_name="evaluate", overrides=["evaluator=[tiny-judge]"]).evaluator
+    apply_evaluators(node, [run])
+    judged = json.loads((run / "summary.json").read_text())
+    assert "tiny-judge_top1_mean" in judged
+    bare = {k: v for k, v in judged.items() if not k.startswith("tiny-judge_") and k != "evaluators"}
+    (run / "summary.json").write_text(json.dumps(bare))  # killed before the last summary write
+    assert apply_evaluators(node, [run], skip_judged=True) == {run: {}}  # nothing judged again ...
+    assert json.loads((run / "summary.json").read_text()) == judged  # ... and the keys are back
