@@ -264,3 +264,12 @@ def test_judge_keys_come_back_after_a_kill_between_judgements_and_summary(finish
     (run / "summary.json").write_text(json.dumps(bare))  # killed before the last summary write
     assert apply_evaluators(node, [run], skip_judged=True) == {run: {}}  # nothing judged again ...
     assert json.loads((run / "summary.json").read_text()) == judged  # ... and the keys are back
+
+
+@pytest.mark.parametrize("top_p", [1e-13, 1e-300, 2.0 ** -41])
+def test_a_tiny_top_p_keeps_the_top_token(top_p):
+    from entrgi.categorical import sample_nucleus
+
+    logits = torch.tensor([[0.0, 3.0, 1.0, 3.0], [5.0, -1.0, 0.0, 2.0]])
+    uniform = torch.tensor([0.999, 0.001])
+    assert sample_nucleus(logits, uniform, top_p).tolist() == [1, 0]  # ties: the first in vocabulary order
