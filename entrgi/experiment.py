@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from entrgi.benchmarks import Prompt
-from entrgi.checkpoints import ResourceUnavailable
+from entrgi.checkpoints import ResourceUnavailable, resolve_checkpoint
 from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
 from entrgi.preflight import check_inputs, check_job, configure_threads, unwrapped_errors
@@ -85,7 +85,7 @@ def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     schedule.check_length(cfg.sampler.max_new_tokens)
     check_job(cfg, schedule)
     threads = configure_threads(cfg)
-    log.info("torch uses %d CPU thread(s) (run.threads)", threads)
+    log.debug("torch uses %d CPU thread(s) (run.threads)", threads)
     run_dir = RunDirectory(output_dir)
     with run_dir.lock():
         if OmegaConf.select(cfg, "run.overwrite", default=False):
@@ -102,7 +102,10 @@ def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
-    # Find and check both checkpoints and every judge's before loading any: a missing 7B fails in seconds.
+    # Locate both checkpoints and every judge's before loading any: a missing 7B fails in seconds
+    # (check_inputs then checks the folders' files and tokenizers against the prompts).
+    resolve_checkpoint(cfg.model.path, "model.path")
+    resolve_checkpoint(cfg.reward.path, "reward.path")
     locate_weights(cfg.evaluator)
     benchmark = instantiate(cfg.benchmark)
     whole = benchmark.slice()
