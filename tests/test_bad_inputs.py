@@ -112,9 +112,8 @@ def test_a_prompt_too_long_is_refused_or_cut_from_the_left(compose, caplog):
     assert prompts[1].text.endswith(fitted[1].text)  # the start is cut, the request at the end is kept
     assert any("cut the start of 1 of 2 prompts" in r.getMessage() for r in caplog.records)
     from entrgi.models.diffusion_lm import encode_prompt
-    from entrgi.preflight import check_checkpoint as checkpoint
 
-    dllm = checkpoint(str(toy_world_path("dllm")), "model.path", tokenizer_class=QWEN2)
+    dllm = check_checkpoint(str(toy_world_path("dllm")), "model.path", tokenizer_class=QWEN2)
     assert len(encode_prompt(dllm.tokenizer, fitted[1].text)) + 16 <= 512  # max_new_tokens of experiment=tiny
     with pytest.raises(ConfigError, match="sampler.max_new_tokens=600 leaves no room"):
         check_inputs(compose(["experiment=tiny", "evaluator=[]", "benchmark.truncate=left",
