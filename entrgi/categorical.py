@@ -73,7 +73,8 @@ def nucleus_mask(probs: Tensor, mass: Tensor, top_p: float) -> Tensor:
     are kept, and of the tokens equal to p* the first ones in vocabulary order, as many as fit
     while the mass before them stays < top_p.
     """
-    need = torch.clamp(mass.sum(dim=-1, keepdim=True), max=int(top_p * (1 << MASS_BITS)))  # at most the total
+    # At most the total; at least one unit, so the top token is always kept however tiny top_p is.
+    need = torch.clamp(mass.sum(dim=-1, keepdim=True), max=max(1, int(top_p * (1 << MASS_BITS))))
     ordered = _descending(probs)
     ordered_mass = (ordered * float(1 << MASS_BITS)).long()
     before = ordered_mass.cumsum(dim=-1) - ordered_mass  # mass ranked before each sorted token

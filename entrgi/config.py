@@ -36,6 +36,8 @@ class RunControl:
 
     # Start afresh: delete the results already in the job's directory instead of resuming.
     overwrite: bool = False
+    # torch's CPU threads; unset: 1 when the job runs on the CPU (entrgi.preflight.configure_threads).
+    threads: int | None = ranged(None, low=1, optional=True)
 
 
 @dataclass

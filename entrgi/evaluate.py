@@ -34,6 +34,7 @@ import entrgi.config  # noqa: F401  (registers the structured configs and resolv
 from entrgi.components import build
 from entrgi.evaluators.judging import Judged, apply_evaluators, finished_runs
 from entrgi.evaluators.scores import field_key
+from entrgi.preflight import check_devices
 from entrgi.reporting.runs import Run, load_run
 from entrgi.validation import ConfigError, validate
 from entrgi.weights import ResourceUnavailable
@@ -46,7 +47,17 @@ _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", 
 
 
 def _is_path(argument: str) -> bool:
-    return os.path.exists(argument) or (glob.has_magic(argument) and bool(glob.glob(argument, recursive=True)))
+    """A run path (existing or not), as opposed to a Hydra override: a path that does not exist must
+    reach `finished_runs` and fail there with one line, not as a Hydra grammar error."""
+    if os.path.exists(argument) or (glob.has_magic(argument) and bool(glob.glob(argument, recursive=True))):
+        return True
+    if argument.startswith(("/", "./", "../", "~/")) or "=" not in argument and not argument.startswith("~"):
+        return True
+    # Run directory names hold `=` (outputs/runs/experiment=tiny,seed=1); a group override's key holds
+    # `/` only under a config group folder (hydra/launcher=slurm-judge).
+    key = argument.split("=", 1)[0].lstrip("+~")
+    group = key.split("/", 1)[0].split("@", 1)[0]
+    return "/" in key and group != "hydra" and not files("entrgi.conf").joinpath(group).is_dir()
 
 
 def _quoted(path: str) -> str:
@@ -81,6 +92,7 @@ def evaluate(cfg: DictConfig) -> dict[Path, dict[str, Any]]:
     if not cfg.runs:
         raise ConfigError("no runs to judge: pass run or sweep directories, e.g. "
                           "python -m entrgi.evaluate outputs/runs/experiment=tiny,seed=1 evaluator=[tiny-judge]")
+    check_devices(cfg)
     runs = finished_runs(list(cfg.runs))
     judged = apply_evaluators(cfg.evaluator, runs, skip_judged=cfg.skip_judged)
     summaries = {}

@@ -28,12 +28,13 @@ from entrgi.benchmarks import Prompt
 from entrgi.components import build
 from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
+from entrgi.preflight import check_inputs, check_job, configure_threads
 from entrgi.reporting.runs import load_run
 from entrgi.rewards import RewardModel
 from entrgi.run_directory import Progress, RunDirectory, additive, counts_increment, sum_increments
 from entrgi.sampler import DiffusionSampler
 from entrgi.validation import validate
-from entrgi.weights import resolve_checkpoint
+from entrgi.weights import ResourceUnavailable, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,34 @@ def _sample_record(prompt: Prompt, responses: list[str], rewards: list[float], b
     }
 
 
+class OutOfMemory(ResourceUnavailable):
+    """The job does not fit the device's memory; the message names the settings that shrink it."""
+
+
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run (or resume, or just report) the job `cfg` describes; returns the summary written to summary.json."""
+    """Run (or resume, or just report) the job `cfg` describes; returns the summary written to summary.json.
+
+    Raises ConfigError / ResourceUnavailable for what the user can fix, most of them before any
+    model loads (`entrgi.preflight`), and OutOfMemory naming the knobs to lower.
+    """
+    try:
+        return _run_experiment(cfg, output_dir)
+    except torch.OutOfMemoryError as error:
+        raise OutOfMemory(
+            f"out of memory on the GPU ({str(error).splitlines()[0][:120]}); lower sampler.batch_size "
+            f"(now {cfg.sampler.batch_size}) or sampler.num_samples, set reward.gradient_checkpointing=true, "
+            f"or lower reward.batch_size (now {cfg.reward.batch_size}) for the final scoring"
+        ) from error
+
+
+def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     validate(cfg)
     evaluator_configs(cfg.evaluator)  # two judges with one name: refused before anything runs
     schedule = build(cfg.schedule)
     schedule.check_length(cfg.sampler.max_new_tokens)
+    check_job(cfg, schedule)
+    threads = configure_threads(cfg)
+    log.debug("torch uses %d CPU thread(s) (run.threads)", threads)
     run_dir = RunDirectory(output_dir)
     with run_dir.lock():
         if OmegaConf.select(cfg, "run.overwrite", default=False):
@@ -77,14 +100,14 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
-    # Locate both checkpoints before loading either: a missing 7B fails in seconds.
+    # Locate both checkpoints and every judge's before loading any: a missing 7B fails in seconds
+    # (check_inputs then checks the folders' files and tokenizers against the prompts).
     resolve_checkpoint(cfg.model.path, "model.path")
     resolve_checkpoint(cfg.reward.path, "reward.path")
-    locate_weights(evaluator_configs(cfg.evaluator))
-
+    locate_weights(cfg.evaluator)
     benchmark = build(cfg.benchmark)
     whole = benchmark.slice()
-    prompts: list[Prompt] = benchmark.shard_of(whole)
+    prompts: list[Prompt] = check_inputs(cfg, benchmark.shard_of(whole))
     done = run_dir.resume([p.id for p in prompts])
     if done.records:
         log.info("resuming %s: %d of %d prompts done", run_dir.path, len(done.records), len(prompts))

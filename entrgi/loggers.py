@@ -19,8 +19,8 @@ import logging
 import netrc
 import os
 import re
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 

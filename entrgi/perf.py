@@ -26,6 +26,7 @@ import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
 from entrgi.components import build
@@ -105,7 +106,8 @@ def measure(cfg: DictConfig, model, reward, repeats: int, warmup: int) -> dict[s
         torch.cuda.reset_peak_memory_stats(model.device)
     runs = []
     try:
-        for repeat in range(warmup + repeats):
+        for repeat in tqdm(range(warmup + repeats), desc=f"perf {cfg.name} ({warmup} warm-up + {repeats} timed)",
+                           unit="batch"):
             canvas, attention = sampler.build_canvas([model.encode_prompt(t) for t in texts])
             noise = TrajectoryNoise.for_prompts(cfg.seed, ids, sampler.num_samples, device=canvas.device)
             guidance.begin_batch(texts, sampler.num_samples, sampler.max_new_tokens)

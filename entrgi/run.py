@@ -39,9 +39,6 @@ def main(cfg: DictConfig) -> float | None:
         summary = run_experiment(cfg, output_dir)
     except Exception as error:
         path = write_error(output_dir, error, list(hydra_cfg.overrides.task))
-        # A component's constructor refusing its config reaches here wrapped by Hydra's instantiate.
-        if isinstance(error.__cause__, (ConfigError, ResourceUnavailable)):
-            error = error.__cause__
         user_error = isinstance(error, (ConfigError, ResourceUnavailable))
         if not multirun:
             if user_error:

@@ -36,7 +36,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from entrgi.reporting.runs import EXECUTION_KEYS, SHARD_KEYS, key_under
-from entrgi.run_directory import ERROR, LOCK, SAMPLES, SUMMARY, atomic_write, is_locked, read_jsonl
+from entrgi.run_directory import ERROR, LOCK, SAMPLES, SUMMARY, RunDirectoryBusy, atomic_write, is_locked, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,14 @@ def sweep_dir_name(overrides: Iterable[Any]) -> str:
 
 
 def write_error(job_dir: str | Path, error: BaseException, overrides: list[str] | None = None) -> Path:
-    """Record why a job failed in `<job_dir>/error.json` (type, message, traceback, where, when)."""
+    """Record why a job failed in `<job_dir>/error.json` (type, message, traceback, where, when).
+
+    A duplicate refused because another job holds the directory records nothing there: the
+    directory and its state belong to that job.
+    """
     path = Path(job_dir) / ERROR
+    if isinstance(error, RunDirectoryBusy):
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "type": type(error).__name__,
@@ -108,7 +114,9 @@ def write_error(job_dir: str | Path, error: BaseException, overrides: list[str] 
 
 
 def clear_error(job_dir: str | Path) -> None:
-    (Path(job_dir) / ERROR).unlink(missing_ok=True)
+    """Forget an earlier attempt's failure, unless another process is working in the directory now."""
+    if not _running(Path(job_dir)):
+        (Path(job_dir) / ERROR).unlink(missing_ok=True)
 
 
 class JobFailed(RuntimeError):

@@ -130,7 +130,8 @@ def _one_hot_scores(reward, prompt, texts):
         ids = torch.tensor([reward.tokenizer(text, add_special_tokens=False)["input_ids"]])
         one_hot = torch.nn.functional.one_hot(ids, reward.embedding_table.shape[0]).float()
         layout = reward.layout([prompt], 1, ids.shape[1])
-        scores.append(reward.score_embeds(layout, one_hot @ reward.embedding_table, torch.ones_like(ids, dtype=torch.bool)))
+        visible = torch.ones_like(ids, dtype=torch.bool)
+        scores.append(reward.score_embeds(layout, one_hot @ reward.embedding_table, visible))
     return torch.cat(scores).detach()
 
 
@@ -164,7 +165,7 @@ def test_deprioritised_samples_cover_every_stop_token():
     tokens = torch.tensor([[3, 4, 0, 1]])
     masked = torch.ones(1, 4, dtype=torch.bool)
     noise = TrajectoryNoise.for_prompts(0, ["p"], 1)
-    schedule = EntropySchedule(ScheduleConfig(steps=2))  # commits floor(4 · 0.4995) = 1 position; all tie, leftmost first
+    schedule = EntropySchedule(ScheduleConfig(steps=2))  # commits floor(4 · 0.4995) = 1; all tie, leftmost first
     assert schedule.commit_mask(masked, tokens, probs, 0, noise, 3).tolist() == [[False, True, False, False]]
     assert schedule.commit_mask(masked, tokens, probs, 0, noise, torch.tensor([3, 4])).tolist() == [
         [False, False, True, False]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import guidance_config
 
 from entrgi.guidance import RewardGradientGuidance
 from entrgi.models import DiffusionLM, DiffusionLMConfig
@@ -12,7 +13,6 @@ from entrgi.noise import TrajectoryNoise
 from entrgi.rewards import RewardModel, RewardModelConfig
 from entrgi.sampler import DiffusionSampler, SamplerConfig
 from entrgi.schedule import EntropySchedule, ScheduleConfig
-from conftest import guidance_config
 
 pytestmark = pytest.mark.gpu
 PROMPTS = ["Describe the cat.", "Why is the old robot happy?"]

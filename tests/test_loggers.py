@@ -14,8 +14,15 @@ import pytest
 
 from entrgi.components import build
 from entrgi.experiment import run_experiment
-from entrgi.loggers import (NullLogger, WandbLogger, WandbLoggerConfig, local_runs, sample_table_row, step_metrics,
-                            wandb_run_id)
+from entrgi.loggers import (
+    NullLogger,
+    WandbLogger,
+    WandbLoggerConfig,
+    local_runs,
+    sample_table_row,
+    step_metrics,
+    wandb_run_id,
+)
 from entrgi.run_directory import RunDirectory
 
 SMALL = ["experiment=tiny", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=3",

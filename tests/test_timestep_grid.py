@@ -10,7 +10,13 @@ from __future__ import annotations
 import pytest
 from conftest import expected_commit_counts
 
-from entrgi.schedule import EntropySchedule, LowConfidenceConfig, LowConfidenceSchedule, MaskGitPlusSchedule, ScheduleConfig
+from entrgi.schedule import (
+    EntropySchedule,
+    LowConfidenceConfig,
+    LowConfidenceSchedule,
+    MaskGitPlusSchedule,
+    ScheduleConfig,
+)
 
 
 def test_the_issue_example_commits_ten_positions_at_step_one():

@@ -66,6 +66,15 @@ class Evaluator(ABC):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
         """One judgement per pair, in order; batching is the evaluator's business."""
 
+    @classmethod
+    def check_prompts(cls, prompts: Sequence[tuple[str, str]]) -> str | None:  # noqa: ARG003
+        """Why this judge cannot score responses to these (id, text) prompts, or None when it can.
+
+        Called on the class before any model loads (`entrgi.preflight`), so a judge that only knows
+        some prompts fails in seconds rather than after the whole generation.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 (a no-op by default: an oracle holds no model)
         """Free the models (GPU memory) before the next evaluator loads."""
 

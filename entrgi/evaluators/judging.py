@@ -22,7 +22,7 @@ from entrgi.components import build
 from entrgi.evaluators.base import Evaluator
 from entrgi.evaluators.scores import FIELDS, field_key, judged_indices, prompt_line, summary_fields
 from entrgi.reporting.runs import Incomplete, ReportError, find_run_dirs, load_run
-from entrgi.run_directory import JUDGEMENTS, JUDGEMENTS_LOCK, RunDirectory
+from entrgi.run_directory import JUDGEMENTS, JUDGEMENTS_LOCK, RunDirectory, read_jsonl
 from entrgi.validation import ConfigError
 from entrgi.weights import resolve_checkpoint
 
@@ -43,15 +43,29 @@ def finished_runs(paths: Sequence[str | Path]) -> list[Path]:
         raise NotJudgeable(str(error)) from None
     if not found:
         raise NotJudgeable("no run directories (with config.yaml or summary.json) under: " + " ".join(map(str, paths)))
+    usable = []
     for path in found:
         run = load_run(path)
-        if isinstance(run, Incomplete):
+        if isinstance(run, Incomplete) and run.corrupted:  # one damaged run must not stop a sweep's judging
+            log.warning("skipped, %s", run.reason)
+        elif isinstance(run, Incomplete):
             raise NotJudgeable(f"{path} is not a finished run ({run.reason}); only finished runs can be judged")
-    return found
+        else:
+            usable.append(path)
+    if not usable:
+        raise NotJudgeable(f"none of the {len(found)} runs under {' '.join(map(str, paths))} can be read "
+                           "(corrupted files, listed above)")
+    return usable
 
 
 def is_judged(run_dir: Path, name: str) -> bool:
+    """Does the run hold this evaluator's judgements file (its summary keys may still be missing)?"""
     return (Path(run_dir) / JUDGEMENTS / f"{name}.jsonl").is_file()
+
+
+def _summarised(run_dir: Path, name: str) -> bool:
+    summary = RunDirectory(run_dir).finished() or {}
+    return field_key(name, "top1_mean") in summary
 
 
 def evaluator_configs(node: Mapping[str, Any] | None) -> dict[str, DictConfig]:
@@ -64,11 +78,15 @@ def evaluator_configs(node: Mapping[str, Any] | None) -> dict[str, DictConfig]:
     return by_name
 
 
-def locate_weights(configs: Mapping[str, DictConfig]) -> None:
-    """Find every judge's weights before any model loads: a missing 72B judge fails in seconds."""
-    for name, config in configs.items():
+def locate_weights(node: Mapping[str, DictConfig] | None) -> None:
+    """Find every judge's weights before any model loads: a missing 72B judge fails in seconds.
+
+    `node` is the `evaluator` config node ({option: config}); messages name `evaluator.<option>.…`,
+    the key the user sets (not the judge's name, which may differ: `rm-Skywork-…` for `reward`).
+    """
+    for option, config in (node or {}).items():
         for key, value in _paths(config):
-            resolve_checkpoint(value, f"evaluator.{name}.{key}")
+            resolve_checkpoint(value, f"evaluator.{option}.{key}")
 
 
 def _paths(node: DictConfig, prefix: str = "") -> list[tuple[str, str]]:
@@ -97,21 +115,31 @@ def judge_run(run_dir: Path, evaluator: Evaluator, config: dict[str, Any] | None
         count = len(judged_indices(record, evaluator.responses))
         lines.append(prompt_line(record, evaluator.responses, judgements[first : first + count]))
         first += count
-    fields = summary_fields(evaluator.name, lines)
-    directory = RunDirectory(run_dir)
-    with FileLock(str(Path(run_dir) / JUDGEMENTS_LOCK)):
-        directory.write_judgements(evaluator.name, lines)
-        summary = directory.finished()
-        for key in FIELDS:
-            summary.pop(field_key(evaluator.name, key), None)
-        evaluators = summary.pop("evaluators", {})  # kept last, after the numbers
-        evaluators[evaluator.name] = {"responses": evaluator.responses, **(config or {})}
-        summary.update(fields, evaluators=evaluators)
-        directory.write_summary(summary)
+    fields = _store(run_dir, evaluator.name, evaluator.responses, lines, config)
     mean = fields[field_key(evaluator.name, "top1_mean")]
     log.info("%s on %s: Top@1 response %s, %d of %d responses failed", evaluator.name, run_dir,
              "—" if mean is None else f"{mean:.4f}", fields[field_key(evaluator.name, "failures")], len(pairs))
     return lines
+
+
+def _store(run_dir: Path, name: str, responses: str, lines: list[dict[str, Any]] | None,
+           config: dict[str, Any] | None) -> dict[str, Any]:
+    """Write an evaluator's lines (None: keep the file there) and its summary keys; returns the keys."""
+    directory = RunDirectory(run_dir)
+    with FileLock(str(Path(run_dir) / JUDGEMENTS_LOCK)):
+        if lines is None:
+            lines = read_jsonl(Path(run_dir) / JUDGEMENTS / f"{name}.jsonl").rows
+        else:
+            directory.write_judgements(name, lines)
+        fields = summary_fields(name, lines)
+        summary = directory.finished()
+        for key in FIELDS:
+            summary.pop(field_key(name, key), None)
+        evaluators = summary.pop("evaluators", {})  # kept last, after the numbers
+        evaluators[name] = {"responses": responses, **(config or {})}
+        summary.update(fields, evaluators=evaluators)
+        directory.write_summary(summary)
+    return fields
 
 
 def apply_evaluators(node: Mapping[str, Any] | None, run_dirs: Sequence[Path],
@@ -123,9 +151,16 @@ def apply_evaluators(node: Mapping[str, Any] | None, run_dirs: Sequence[Path],
     """
     configs = evaluator_configs(node)
     results: dict[Path, Judged] = {Path(run_dir): {} for run_dir in run_dirs}
+    if skip_judged:  # a job killed between the judgements file and the summary: finish its summary, no re-judging
+        for name, config in configs.items():
+            for run_dir in run_dirs:
+                if is_judged(run_dir, name) and not _summarised(run_dir, name):
+                    log.info("%s: %s judgements found without their summary keys; adding them", run_dir, name)
+                    _store(Path(run_dir), name, config.responses, None,
+                           OmegaConf.to_container(config, resolve=True, enum_to_str=True))
     todo = {name: [Path(d) for d in run_dirs if not (skip_judged and is_judged(d, name))]
             for name, config in configs.items()}
-    locate_weights({name: config for name, config in configs.items() if todo[name]})
+    locate_weights({option: config for option, config in (node or {}).items() if todo[config.name]})
     for name, config in configs.items():
         if not todo[name]:
             continue

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
 from entrgi.schemas import schema
+from entrgi.toy.grammar import parse_prompt
 from entrgi.toy.oracle import oracle
 from entrgi.validation import ConfigError, one_of
 
@@ -31,6 +32,15 @@ class ToyOracle(Evaluator):
 
     def __init__(self, config: ToyOracleConfig | None = None):
         super().__init__(config if config is not None else ToyOracleConfig())
+
+    @classmethod
+    def check_prompts(cls, prompts: Sequence[tuple[str, str]]) -> str | None:
+        for prompt_id, text in prompts:
+            try:
+                parse_prompt(text)
+            except ValueError:
+                return f"it judges toy-world prompts only, and prompt {prompt_id!r} is not one ({text[:40]!r})"
+        return None
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
         judgements = []

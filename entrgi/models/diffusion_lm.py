@@ -125,10 +125,7 @@ class DiffusionLM:
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of the prompt in the model's chat template, ready for the response."""
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, prompt)
 
     def decode(self, response_ids: list[int]) -> str:
         """Text of a response, special tokens skipped: all of it (`decode="whole"`, the authors' script:
@@ -168,6 +165,13 @@ class DiffusionLM:
         else:
             hidden = hidden[:, first:last]
         return self.network.get_output_embeddings()(hidden).float()
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of `prompt` in the dLLM's chat template, ready for the response (also checked before loading)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _first_set(*values):

@@ -174,6 +174,7 @@ class Incomplete:
 
     path: Path
     reason: str
+    corrupted: bool = False  # it finished once, but a file it needs cannot be read
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -213,6 +214,20 @@ def find_run_dirs(arguments: Iterable[str | Path]) -> list[Path]:
     return list(found)
 
 
+class _Corrupted(Exception):
+    """A file of a finished run cannot be read (torn by a crash, edited by hand)."""
+
+
+def _read_mapping(file: Path, parse) -> dict[str, Any]:
+    try:
+        content = parse(file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:  # JSONDecodeError is a ValueError
+        raise _Corrupted(f"corrupted {file}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    if not isinstance(content, dict):
+        raise _Corrupted(f"corrupted {file}: not a mapping")
+    return content
+
+
 def load_run(path: str | Path) -> Run | Incomplete:
     """One job directory as a `Run`, or `Incomplete` with the reason it cannot be reported."""
     path = Path(path)
@@ -220,18 +235,23 @@ def load_run(path: str | Path) -> Run | Incomplete:
     if not config_file.is_file():
         return Incomplete(path, "no config.yaml (the job stopped before it started generating)")
     if not summary_file.is_file():
-        total = ""
-        if (path / METADATA).is_file():
-            total = f" of {len(json.loads((path / METADATA).read_text()).get('prompt_ids', []))}"
+        try:
+            metadata = _read_mapping(path / METADATA, json.loads) if (path / METADATA).is_file() else {}
+            error = _read_mapping(path / ERROR, json.loads) if (path / ERROR).is_file() else None
+        except _Corrupted as why:
+            return Incomplete(path, f"no summary.json, and {why}")
+        total = f" of {len(metadata.get('prompt_ids', []))}" if metadata else ""
         done = len(read_jsonl(path / SAMPLES).rows)
-        if (path / ERROR).is_file():  # written by entrgi.run when the job raised
-            error = json.loads((path / ERROR).read_text())
+        if error is not None:  # written by entrgi.run when the job raised
             return Incomplete(path, f"failed ({done}{total} prompts written): {error.get('type')}: "
                                     f"{error.get('message')}")
         return Incomplete(path, f"no summary.json ({done}{total} prompts written): unfinished or failed")
-    config = yaml.safe_load(config_file.read_text()) or {}
-    summary = json.loads(summary_file.read_text())
-    metadata = json.loads((path / METADATA).read_text()) if (path / METADATA).is_file() else {}
+    try:
+        config = _read_mapping(config_file, yaml.safe_load)
+        summary = _read_mapping(summary_file, json.loads)
+        metadata = _read_mapping(path / METADATA, json.loads) if (path / METADATA).is_file() else {}
+    except _Corrupted as error:
+        return Incomplete(path, str(error), corrupted=True)
     prompt_ids = metadata.get("prompt_ids") or [row["prompt_id"] for row in read_jsonl(path / SAMPLES).rows]
     return Run(paths=(path,), config=config, summary=summary, prompt_ids=tuple(prompt_ids),
                finished=summary_file.stat().st_mtime)

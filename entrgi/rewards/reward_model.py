@@ -9,6 +9,7 @@ padding in `inputs_embeds` and would pool position -1).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,9 @@ class RewardModelConfig:
     # sequence the embedding path is built from).
     text_path: str = one_of("template", "template", "splice")
 
+
+# transformers 5.x renamed `past_key_values` to `cache` (the old name warns on every call).
+_CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 # Stands in for the response while the chat template is rendered, then split on.
 _PLACEHOLDER = "\u2063ENTRGI_RESPONSE\u2063"
@@ -113,8 +117,7 @@ class RewardModel:
 
     def render(self, prompt: str, response: str) -> str:
         """The conversation as the RM was trained to read it."""
-        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        return render(self.tokenizer, prompt, response)
 
     @property
     def embedding_table(self) -> torch.Tensor:
@@ -122,10 +125,7 @@ class RewardModel:
 
     def template_parts(self, prompt: str) -> list[list[int]]:
         """Token ids of the rendered template before and after the assistant's response."""
-        rendered = self.render(prompt, _PLACEHOLDER)
-        if rendered.count(_PLACEHOLDER) != 1:
-            raise ValueError("the reward chat template does not render the response exactly once")
-        return [self.tokenizer(part, add_special_tokens=False)["input_ids"] for part in rendered.split(_PLACEHOLDER)]
+        return template_parts(self.tokenizer, prompt)
 
     @torch.no_grad()
     def layout(self, prompts: list[str], num_samples: int, response_length: int) -> RewardInputLayout:
@@ -153,11 +153,11 @@ class RewardModel:
             positions = self._positions(prefix_mask)
             out = self.network.base_model(
                 inputs_embeds=prefix_embeds, attention_mask=self._mask(prefix_embeds, prefix_mask, positions),
-                position_ids=positions, past_key_values=DynamicCache(), use_cache=True,
+                position_ids=positions, use_cache=True, **{_CACHE: DynamicCache()},
             )
             cache = [
                 (keys.repeat_interleave(num_samples, 0), values.repeat_interleave(num_samples, 0))
-                for keys, values, *_ in out.past_key_values
+                for keys, values, *_ in getattr(out, _CACHE)
             ]
 
         def per_sample(tensor):
@@ -182,8 +182,8 @@ class RewardModel:
         which some fused attention kernels turn into NaN that then leaks through the backward.
         """
         mask = create_causal_mask(
-            config=self.network.config, inputs_embeds=embeds, attention_mask=visible, past_key_values=past,
-            position_ids=positions, allow_is_causal_skip=False,
+            config=self.network.config, inputs_embeds=embeds, attention_mask=visible,
+            position_ids=positions, allow_is_causal_skip=False, **{_CACHE: past},
         )
         if not (torch.is_tensor(mask) and mask.dim() == 4):
             return mask
@@ -214,7 +214,7 @@ class RewardModel:
         positions = positions[:, offset:]
         hidden = self.network.base_model(
             inputs_embeds=embeds, attention_mask=self._mask(embeds, visible, positions, past),
-            position_ids=positions, past_key_values=past, use_cache=past is not None,
+            position_ids=positions, use_cache=past is not None, **{_CACHE: past},
         ).last_hidden_state
         last = (visible.long() * torch.arange(visible.shape[1], device=visible.device)).argmax(-1) - offset
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
@@ -244,6 +244,20 @@ class RewardModel:
         """RM token ids of [template prefix | the response's own tokens | template suffix]."""
         prefix, suffix = self.template_parts(prompt)
         return prefix + self.tokenizer(response, add_special_tokens=False)["input_ids"] + suffix
+
+
+def render(tokenizer, prompt: str, response: str) -> str:
+    """The conversation in the RM's chat template, as the RM was trained to read it."""
+    conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(conversation, tokenize=False)
+
+
+def template_parts(tokenizer, prompt: str) -> list[list[int]]:
+    """Token ids of the rendered template before and after the assistant's response (also checked before loading)."""
+    rendered = render(tokenizer, prompt, _PLACEHOLDER)
+    if rendered.count(_PLACEHOLDER) != 1:
+        raise ValueError("the reward chat template does not render the response exactly once")
+    return [tokenizer(part, add_special_tokens=False)["input_ids"] for part in rendered.split(_PLACEHOLDER)]
 
 
 def _merge_adapter(network, adapter_path: str):

@@ -73,7 +73,7 @@ def build_dllm(folder: Path, phases: list[tuple[list[tuple[str, str]], Diffusion
     with tempfile.TemporaryDirectory() as staging:  # the random start, loaded as any Dream checkpoint
         save_dream(Path(staging), Qwen2ForCausalLM(dream_config(tokenizer, DLLM_SIZE)), tokenizer)
         model = DiffusionLM(DiffusionLMConfig(path=staging, tokenizer_class="Qwen2Tokenizer", device="cpu",
-                                              dtype="float32", decode="to_stop"))  # responses cut where the toy world scores them
+                                              dtype="float32", decode="to_stop"))  # cut where the toy world scores
     report = []
     for pairs, settings in phases:
         losses = train_dllm(model, EncodedPairs.encode(model, pairs), settings, seed)

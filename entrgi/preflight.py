@@ -1,0 +1,244 @@
+"""Pre-flight checks: whatever the input alone decides is checked before any model loads.
+
+A job reads a config, a prompt file and two checkpoint folders. Everything that can be decided
+from those — a key left unset, `cuda` on a machine without CUDA, a cut-off `config.json`, a
+truncated safetensors file, a missing tokenizer, too little vocabulary overlap for guidance, a
+prompt longer than either model's context, a judge that cannot score these prompts — is checked
+here, in seconds, and stops the job with one line that names the key to change. The runner
+(`entrgi.experiment`) calls `check_job` right after validation and `check_inputs` once the
+prompts are loaded (prompt-file checks live with the loading, in `entrgi.benchmarks`), and only
+then loads the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from entrgi.benchmarks import Prompt
+from entrgi.models.diffusion_lm import encode_prompt
+from entrgi.rewards.reward_model import template_parts
+from entrgi.rewards.vocab_bridge import build_vocab_bridge
+from entrgi.validation import ConfigError
+from entrgi.weights import WeightsUnavailable, resolve_checkpoint, resolve_device
+
+log = logging.getLogger(__name__)
+
+# Below this share of dLLM tokens found in the RM vocabulary, guidance steers with many stand-ins.
+COVERAGE_WARNING = 0.95
+# Files any one of which makes a folder's tokenizer loadable.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+
+
+def configure_threads(cfg: DictConfig) -> int:
+    """Apply `run.threads` (torch's CPU threads). Unset, a job on the CPU uses one thread: small models
+    gain nothing from more, and on a shared machine contending threads slow a job down many-fold.
+    A job on a GPU keeps torch's default. Returns the number of threads in use."""
+    threads = OmegaConf.select(cfg, "run.threads", default=None)
+    if threads is None and resolve_device(str(OmegaConf.select(cfg, "model.device", default="auto"))).type == "cpu":
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def check_job(cfg: DictConfig, schedule: Any = None) -> None:
+    """Config-only checks: unset keys, devices, settings that waste work (warned, one line each)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is not set: give it on the command line ({missing[0]}=...)")
+    check_devices(cfg)
+    steps, length = OmegaConf.select(cfg, "schedule.steps"), OmegaConf.select(cfg, "sampler.max_new_tokens")
+    if steps is not None and length is not None and steps > length:
+        plan = schedule.planned_counts(length) if schedule is not None else None
+        idle = f": {sum(1 for _, n in plan if n == 0)} of {steps} steps commit nothing" if plan else ""
+        log.warning("schedule.steps=%d is more than sampler.max_new_tokens=%d%s", steps, length, idle)
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """Every `*.device` key of the model, the RM and the judges names a device this machine has."""
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for key, value in _device_keys(cfg):
+        device = str(value)
+        if not device.startswith("cuda"):
+            continue
+        index = torch.device(device).index or 0
+        if available == 0:
+            raise ConfigError(f"{key}={device!r} but this machine has no usable CUDA device "
+                              f"(torch {torch.__version__}); use {key}=cpu or {key}=auto")
+        if index >= available:
+            raise ConfigError(f"{key}={device!r} but only {available} CUDA device(s) are visible")
+
+
+def _device_keys(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if not isinstance(node, DictConfig):
+        return
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            continue
+        value = node._get_node(key)
+        if isinstance(value, DictConfig):
+            if prefix or key in ("model", "reward", "evaluator"):
+                yield from _device_keys(value, f"{prefix}{key}.")
+        elif key == "device" and prefix:
+            yield f"{prefix}{key}", node[key]
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder checked to be complete, and its model config (config keys renamed)."""
+
+    folder: Path
+    config: dict[str, Any]
+    tokenizer: Any
+
+
+def check_checkpoint(path: str, key: str, config_keys: Mapping[str, str] | None = None,
+                     tokenizer_class: str | None = None) -> Checkpoint:
+    """Find the folder of `path` and check what loading would otherwise find late: a readable
+    config.json, complete safetensors files and a tokenizer (loaded: it is small)."""
+    folder = resolve_checkpoint(path, key)
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsUnavailable(f"{key}={path!r}: {config_file} is not valid JSON ({error}); "
+                                 "the download was cut off? fetch the checkpoint again") from None
+    if not isinstance(config, dict):
+        raise WeightsUnavailable(f"{key}={path!r}: {config_file} is not a JSON object")
+    for old, new in (config_keys or {}).items():
+        if old in config:
+            config[new] = config[old]
+    for weights in sorted(folder.glob("*.safetensors")):
+        _check_safetensors(weights, key, path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        absent = sorted(s for s in shards if not (folder / s).is_file())
+        if absent:
+            raise WeightsUnavailable(f"{key}={path!r}: {index.name} names {len(absent)} missing weight files, "
+                                     f"e.g. {absent[0]}")
+    elif not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise WeightsUnavailable(f"{key}={path!r}: {folder} holds no weights (*.safetensors)")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise WeightsUnavailable(f"{key}={path!r}: {folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)})")
+    tokenizer_cls = getattr(transformers, tokenizer_class) if tokenizer_class else transformers.AutoTokenizer
+    try:
+        tokenizer = tokenizer_cls.from_pretrained(folder)
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        raise WeightsUnavailable(f"{key}={path!r}: the tokenizer in {folder} cannot be loaded: "
+                                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    return Checkpoint(folder, config, tokenizer)
+
+
+def _check_safetensors(file: Path, key: str, path: str) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes: a file
+    shorter than its header says was cut off."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length)) if 8 + length <= size else None
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if header is None:
+        raise WeightsUnavailable(f"{key}={path!r}: {file} is not a complete safetensors file (bad header); "
+                                 "fetch the checkpoint again")
+    end = max((info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"), default=0)
+    if size < 8 + length + end:
+        raise WeightsUnavailable(f"{key}={path!r}: {file} is truncated ({size} of {8 + length + end} bytes); "
+                                 "fetch the checkpoint again")
+
+
+def check_inputs(cfg: DictConfig, prompts: list[Prompt]) -> list[Prompt]:
+    """Checks that need the prompts and the two tokenizers, not the weights. Returns the prompts,
+    their starts cut when `benchmark.truncate=left` and they are too long for a model's context."""
+    model = check_checkpoint(cfg.model.path, "model.path", cfg.model.get("config_keys"),
+                             cfg.model.get("tokenizer_class"))
+    reward = check_checkpoint(cfg.reward.path, "reward.path", None, cfg.reward.get("tokenizer_class"))
+    min_coverage = OmegaConf.select(cfg, "guidance.min_coverage", default=None)
+    if min_coverage is not None:  # the guidance feeds the RM dLLM tokens: check the bridge
+        vocab_size = int(model.config.get("vocab_size") or len(model.tokenizer))
+        coverage = build_vocab_bridge(model.tokenizer, reward.tokenizer, vocab_size).coverage
+        if coverage < min_coverage:
+            raise ConfigError(f"guidance.min_coverage={min_coverage}: only {coverage:.4f} of the dLLM vocabulary "
+                              f"(model.path={cfg.model.path}) maps exactly into the RM's "
+                              f"(reward.path={cfg.reward.path})")
+        if coverage < COVERAGE_WARNING:
+            log.warning("only %.2f%% of the dLLM's tokens map exactly into the RM vocabulary; the rest reach the "
+                        "RM as its unknown token (guidance.min_coverage sets a floor)", 100 * coverage)
+    prompts = fit_context(cfg, prompts, model, reward)
+    check_judges(cfg.evaluator, prompts)
+    return prompts
+
+
+@dataclass
+class _Context:
+    name: str  # "the dLLM" / "the RM"
+    limit: int | None
+    tokenizer: Any
+    new_tokens: int  # the response region, beside the prompt in its chat template
+
+    def need(self, text: str, rm: bool) -> int:
+        if rm:
+            prefix, suffix = template_parts(self.tokenizer, text)
+            return len(prefix) + len(suffix) + self.new_tokens
+        return len(encode_prompt(self.tokenizer, text)) + self.new_tokens
+
+
+def fit_context(cfg: DictConfig, prompts: list[Prompt], model: Checkpoint, reward: Checkpoint) -> list[Prompt]:
+    """Every prompt in its chat template plus `sampler.max_new_tokens` must fit `max_position_embeddings`
+    of both the dLLM and the RM: refused (`benchmark.truncate=none`) or cut from the left (`left`)."""
+    new_tokens = int(cfg.sampler.max_new_tokens)
+    contexts = (_Context("the dLLM", model.config.get("max_position_embeddings"), model.tokenizer, new_tokens),
+                _Context("the RM", reward.config.get("max_position_embeddings"), reward.tokenizer, new_tokens))
+    if all(c.limit is None for c in contexts):
+        return prompts
+    truncate = OmegaConf.select(cfg, "benchmark.truncate", default="none")
+    truncate = str(getattr(truncate, "value", truncate))
+    limits = f"limits: dLLM {contexts[0].limit}, RM {contexts[1].limit} positions"
+    fitted, cut = [], 0
+    for prompt in prompts:
+        text = prompt.text
+        for _ in range(8):  # each cut is exact for one tokenizer; the other may need one more
+            needs = [c.need(text, rm=i == 1) for i, c in enumerate(contexts)]
+            excess = [n - c.limit if c.limit else 0 for n, c in zip(needs, contexts, strict=True)]
+            if max(excess) <= 0:
+                break
+            if truncate != "left":
+                raise ConfigError(
+                    f"benchmark.truncate=none: prompt {prompt.id!r} needs {needs[0]} positions in the dLLM and "
+                    f"{needs[1]} in the RM with sampler.max_new_tokens={new_tokens} ({limits}); shorten it, "
+                    "lower sampler.max_new_tokens, or set benchmark.truncate=left")
+            worst = contexts[excess.index(max(excess))]
+            offsets = worst.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            if max(excess) >= len(offsets):
+                raise ConfigError(f"sampler.max_new_tokens={new_tokens} leaves no room for prompt {prompt.id!r} "
+                                  f"in {worst.name} ({limits}), even with benchmark.truncate=left")
+            text = text[offsets[max(excess)][0]:]
+        else:
+            raise ConfigError(f"benchmark.truncate=left could not fit prompt {prompt.id!r} ({limits})")
+        cut += text != prompt.text
+        fitted.append(prompt if text == prompt.text else replace(prompt, text=text))
+    if cut:
+        log.warning("benchmark.truncate=left: cut the start of %d of %d prompts to fit (%s)", cut, len(prompts), limits)
+    return fitted
+
+
+def check_judges(node: Mapping[str, Any] | None, prompts: list[Prompt]) -> None:
+    """Each judge of `evaluator` can score responses to these prompts (asked of its class: nothing loads)."""
+    pairs = [(p.id, p.text) for p in prompts]
+    for option, config in (node or {}).items():
+        why = get_class(config._target_).check_prompts(pairs)
+        if why is not None:
+            raise ConfigError(f"evaluator={option} cannot judge this benchmark: {why}; leave it out of evaluator=[...]")
