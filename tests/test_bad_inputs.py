@@ -212,6 +212,7 @@ def test_report_and_evaluate_skip_a_run_with_a_corrupted_summary(finished_run, t
     assert any(f"corrupted {bad.resolve() / 'summary.json'}" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_path_that_is_not_a_run_is_one_line_for_evaluate(tmp_path):
     from entrgi.evaluate import paths_to_override
 

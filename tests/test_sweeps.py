@@ -162,6 +162,7 @@ def _running_together(tmp_path: Path) -> list[set[str]]:
     return snapshots
 
 
+@pytest.mark.slow
 def test_local_gpus_runs_two_jobs_at_a_time_each_on_its_own_device_and_isolates_a_failure(tmp_path):
     """joblib, 2 fake GPUs: 4 jobs, one of them invalid. Exactly two run at a time; each worker
     process holds one device for its life, so jobs running together have different devices; the
