@@ -12,12 +12,13 @@ import json
 import logging
 import random
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from omegaconf import MISSING
 
 from entrgi.schemas import schema
-from entrgi.validation import ConfigError, one_of, ranged
+from entrgi.validation import ConfigError, ranged
 from entrgi.weights import ResourceUnavailable, hub_reachable
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,13 @@ class Prompt:
     id: str
     text: str
     category: str | None = None
+
+
+class Truncate(StrEnum):
+    """`benchmark.truncate`: what becomes of a prompt too long for a model's context (`BenchmarkConfig`)."""
+
+    none = "none"
+    left = "left"
 
 
 @schema("benchmark")
@@ -55,7 +63,7 @@ class BenchmarkConfig:
     shard: int = ranged(0, low=0)
     num_shards: int = ranged(1, low=1)
     # A prompt too long for the dLLM's or the RM's context: refuse the job (none) or cut its start (left).
-    truncate: str = one_of("none", "none", "left")
+    truncate: Truncate = Truncate.none
 
 
 class DatasetBenchmark:

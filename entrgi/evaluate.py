@@ -25,12 +25,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
+from entrgi.cli import hydra_command
 from entrgi.components import build
 from entrgi.evaluators.judging import Judged, apply_evaluators, finished_runs
 from entrgi.evaluators.scores import field_key
@@ -131,7 +130,7 @@ def _describe(summary: dict[str, Any], names: list[str]) -> str:
     return "; ".join(parts)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://entrgi.conf", config_name="evaluate")
+@hydra_command(config_name="evaluate", prog="entrgi.evaluate")
 def main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:

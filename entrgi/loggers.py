@@ -21,12 +21,12 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from entrgi.run_directory import METADATA
 from entrgi.schemas import schema
-from entrgi.validation import one_of
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ class NullLoggerConfig:
     _target_: str = "entrgi.loggers.NullLogger"
 
 
+class WandbMode(StrEnum):
+    """`logger.mode`: W&B's own modes, or `auto` (`WandbLogger.resolved_mode`)."""
+
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 @schema("logger")
 @dataclass
 class WandbLoggerConfig:
@@ -68,7 +77,7 @@ class WandbLoggerConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     # auto: WANDB_MODE if set, else online when an API key is configured, else offline.
-    mode: str = one_of("auto", "auto", "online", "offline", "disabled")
+    mode: WandbMode = WandbMode.auto
 
 
 def _logged_in() -> bool:
@@ -169,8 +178,8 @@ class WandbLogger(NullLogger):
         self._steps_logged = 0
 
     def resolved_mode(self) -> str:
-        if self.config.mode != "auto":
-            return self.config.mode
+        if self.config.mode != WandbMode.auto:
+            return str(self.config.mode)
         return os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
 
     def start(self, config, output_dir, name):

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import psutil
 import torch
 from hydra import compose
@@ -28,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
+from entrgi.cli import hydra_command
 from entrgi.components import build
 from entrgi.noise import TrajectoryNoise
 from entrgi.sampler import DiffusionSampler
@@ -149,7 +148,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://entrgi.conf", config_name="perf")
+@hydra_command(config_name="perf", prog="entrgi.perf")
 def main(cfg: DictConfig) -> None:
     validate(cfg)
     model, reward = build(cfg.model), build(cfg.reward)

@@ -25,7 +25,7 @@ import transformers
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from entrgi.benchmarks import Prompt
+from entrgi.benchmarks import Prompt, Truncate
 from entrgi.models.diffusion_lm import encode_prompt
 from entrgi.rewards.reward_model import template_parts
 from entrgi.rewards.vocab_bridge import build_vocab_bridge
@@ -204,8 +204,7 @@ def fit_context(cfg: DictConfig, prompts: list[Prompt], model: Checkpoint, rewar
                 _Context("the RM", reward.config.get("max_position_embeddings"), reward.tokenizer, new_tokens))
     if all(c.limit is None for c in contexts):
         return prompts
-    truncate = OmegaConf.select(cfg, "benchmark.truncate", default="none")
-    truncate = str(getattr(truncate, "value", truncate))
+    truncate = OmegaConf.select(cfg, "benchmark.truncate", default=Truncate.none)
     limits = f"limits: dLLM {contexts[0].limit}, RM {contexts[1].limit} positions"
     fitted, cut = [], 0
     for prompt in prompts:
@@ -215,7 +214,7 @@ def fit_context(cfg: DictConfig, prompts: list[Prompt], model: Checkpoint, rewar
             excess = [n - c.limit if c.limit else 0 for n, c in zip(needs, contexts, strict=True)]
             if max(excess) <= 0:
                 break
-            if truncate != "left":
+            if truncate != Truncate.left:
                 raise ConfigError(
                     f"benchmark.truncate=none: prompt {prompt.id!r} needs {needs[0]} positions in the dLLM and "
                     f"{needs[1]} in the RM with sampler.max_new_tokens={new_tokens} ({limits}); shorten it, "

@@ -1,10 +1,12 @@
 """Entry point: `python -m entrgi.run [group=option ...] [key=value ...]` (add `-m` for a sweep).
 
-Composes the config, then hands it to `entrgi.experiment`. A job that fails records why in
-`error.json` in its directory. A single job ends on an error a user can fix (a bad value,
-missing weights) with one line on stderr and exit code 2. In a multirun a failing job raises
-to Hydra, which marks it failed and goes on with the others; the sweep exits with code 1 once
-every job has ended, and `<sweep dir>/sweep.json` lists each job's state and error.
+Composes the config, then hands it to `entrgi.experiment`. A command line that does not compose
+(an unknown option or key, a value outside a field's type) ends with one line on stderr and exit
+code 2 (`entrgi.cli`). A job that fails records why in `error.json` in its directory. A single
+job ends on an error a user can fix (a bad value, missing weights) with one line on stderr and
+exit code 2. In a multirun a failing job raises to Hydra, which marks it failed and goes on with
+the others; the sweep exits with code 1 once every job has ended, and `<sweep dir>/sweep.json`
+lists each job's state and error.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import logging
 import sys
 import traceback
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import entrgi.config  # noqa: F401  (registers the structured configs and resolvers)
+from entrgi.cli import hydra_command
 from entrgi.sweeps import SWEEP_SUMMARY, JobFailed, clear_error, write_error
 from entrgi.validation import ConfigError
 from entrgi.weights import ResourceUnavailable
@@ -27,7 +28,7 @@ from entrgi.weights import ResourceUnavailable
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://entrgi.conf", config_name="config")
+@hydra_command(config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from entrgi.experiment import run_experiment
 

@@ -11,16 +11,32 @@ positions are shared by all rules, so a new rule is one small subclass plus a YA
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
 from entrgi.noise import Stream, TrajectoryNoise
 from entrgi.schemas import schema
-from entrgi.validation import ConfigError, one_of, ranged
+from entrgi.validation import ConfigError, ranged
 
 # Rank key of a masked position whose sampled token is EOS: below every real confidence,
 # above the committed positions (which get -inf and are never chosen).
 _EOS_CONFIDENCE = torch.finfo(torch.float32).min / 4
+
+
+class OrderFrom(StrEnum):
+    """`schedule.order_from`: the distribution positions are ranked by (`ScheduleConfig`)."""
+
+    drawn = "drawn"
+    guided = "guided"
+    unguided = "unguided"
+
+
+class OrderTemperature(StrEnum):
+    """`schedule.order_temperature`: the temperature of that distribution (`ScheduleConfig`)."""
+
+    sampling = "sampling"
+    untempered = "untempered"
 
 
 @schema("schedule")
@@ -38,11 +54,11 @@ class ScheduleConfig:
     # was drawn from (Dream's `diffusion_generate`); "guided" = softmax of the guided logits,
     # unfiltered; "unguided" = softmax of the dLLM's own logits, unfiltered (the authors' entropy
     # rule, SPEC §2 step 4). Each rule's YAML sets its reference value.
-    order_from: str = one_of("drawn", "drawn", "guided", "unguided")
+    order_from: OrderFrom = OrderFrom.drawn
     # Temperature of that distribution: the sampling one ("sampling"; 1 when sampling greedily at
     # temperature 0) or none ("untempered": at very low sampling temperatures tempered
     # confidences all tie at 1 and unmasking degenerates into left-to-right order).
-    order_temperature: str = one_of("sampling", "sampling", "untempered")
+    order_temperature: OrderTemperature = OrderTemperature.sampling
 
 
 @schema("schedule", "low_confidence")

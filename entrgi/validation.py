@@ -1,7 +1,9 @@
 """Value checks declared next to config fields, run before any model loads.
 
-OmegaConf already enforces types; ranges and allowed values live in the field metadata of
-the structured configs so that a wrong value fails with one line naming the key.
+OmegaConf already enforces types, and a field with a fixed set of values is typed by a `StrEnum`
+(e.g. `entrgi.models.diffusion_lm.Decode`), so a value outside it fails at composition
+(`entrgi.cli` turns that into one line). Ranges and registered names live in the field metadata
+of the structured configs so that a wrong value fails with one line naming the key.
 """
 
 from __future__ import annotations
@@ -45,17 +47,6 @@ class Range:
 
 
 @dataclass(frozen=True)
-class OneOf:
-    values: tuple[Any, ...]
-
-    def accepts(self, value: Any) -> bool:
-        return value in self.values
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(repr(v) for v in self.values)
-
-
-@dataclass(frozen=True)
 class Registered:
     """A name looked up in a registry when the config is checked, so entries added later count too."""
 
@@ -71,11 +62,6 @@ class Registered:
 def ranged(default: Any, *, low=None, high=None, low_open=False, high_open=False, optional=False):
     """A dataclass field whose value must lie in a range (None allowed when `optional`)."""
     return field(default=default, metadata={_CHECK: Range(low, high, low_open, high_open), "optional": optional})
-
-
-def one_of(default: Any, *values: Any):
-    """A dataclass field whose value must be one of `values`."""
-    return field(default=default, metadata={_CHECK: OneOf(tuple(values))})
 
 
 def registered(default: str, registry: Mapping[str, Any]):

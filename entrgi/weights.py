@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,6 +18,16 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 # What a model folder needs; skips optimizer states, other formats and README images.
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+
+
+class DType(StrEnum):
+    """Weight dtype of a loaded model (`model.dtype`, `reward.dtype`, an evaluator's `dtype`);
+    `auto` is bfloat16 on accelerators and float32 on the CPU (`resolve_dtype`)."""
+
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
 
 
 class ResourceUnavailable(RuntimeError):
@@ -69,8 +80,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on accelerators (the paper's setting) and float32 on the CPU."""
-    if dtype == "auto":
+def resolve_dtype(dtype: DType | str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on accelerators (the paper's setting) and float32 on the CPU.
+
+    Raises ValueError for a name that is not a `DType`."""
+    dtype = DType(dtype)
+    if dtype is DType.auto:
         return torch.bfloat16 if device.type != "cpu" else torch.float32
-    return getattr(torch, dtype)
+    return getattr(torch, dtype.value)

@@ -77,4 +77,9 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("guidance.min_coverage above the coverage", ["guidance=entrgi", "guidance.min_coverage=0.99"],
          "guidance.min_coverage"),
         ("top_p out of range", ["sampler.top_p=1.5"], "sampler.top_p"),
+        # Refused while Hydra composes the command line (entrgi.cli).
+        ("value outside the field's enum", ["model.decode=nope"], "model.decode"),
+        ("unknown option of a group", ["guidance=nope"], "guidance=nope"),
+        ("misspelt experiment", ["experiment=tinny"], "experiment=tinny"),
+        ("unknown key", ["sampler.nope=1"], "sampler.nope"),
     ]

@@ -14,14 +14,21 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from omegaconf import MISSING
 
 from entrgi.schemas import schema
-from entrgi.validation import ConfigError, one_of
+from entrgi.validation import ConfigError
 
-RESPONSES = ("top1", "all")
+
+class Responses(StrEnum):
+    """An evaluator's `responses`: which of the K responses per prompt it judges (`EvaluatorConfig`)."""
+
+    top1 = "top1"  # the response the guiding RM ranked best of K (the paper)
+    all = "all"  # every one of the K
+
 # Names become file names (`judgements/<name>.jsonl`) and summary keys (`<name>_top1_mean`).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -41,8 +48,7 @@ class EvaluatorConfig:
 
     _target_: str = MISSING
     name: str = MISSING  # the key its scores are stored under
-    # top1: the response the guiding RM ranked best of K (the paper); all: every one of the K.
-    responses: str = one_of("top1", *RESPONSES)
+    responses: Responses = Responses.top1
 
 
 class Evaluator(ABC):
@@ -50,17 +56,14 @@ class Evaluator(ABC):
     config (an `EvaluatorConfig` subclass)."""
 
     name: str
-    responses: str
+    responses: Responses
 
     def __init__(self, config: EvaluatorConfig):
-        name, responses = config.name, config.responses
+        name = config.name
         if not _NAME.fullmatch(name or ""):
             raise ConfigError(f"evaluator name {name!r} is not allowed: expected letters, digits, '.', '_' or '-'")
-        if responses not in RESPONSES:
-            raise ConfigError(f"evaluator {name}: responses={responses!r} is not allowed: expected one of "
-                              + ", ".join(map(repr, RESPONSES)))
         self.config = config
-        self.name, self.responses = name, responses
+        self.name, self.responses = name, Responses(config.responses)
 
     @abstractmethod
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:

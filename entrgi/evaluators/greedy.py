@@ -18,6 +18,7 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,19 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def open_backend(backend: str, folder: Path, **settings: Any):
+class GreedyBackend(StrEnum):
+    """What serves a judge's greedy requests (`LMUnitConfig.backend`); `auto` picks one (`open_backend`)."""
+
+    auto = "auto"
+    vllm = "vllm"
+    transformers = "transformers"
+
+
+def open_backend(backend: GreedyBackend | str, folder: Path, **settings: Any):
     """`auto` is vLLM when it is installed and a GPU is visible, else transformers."""
-    if backend == "auto":
-        backend = "vllm" if vllm_available() and torch.cuda.is_available() else "transformers"
-    if backend == "vllm":
+    if backend == GreedyBackend.auto:
+        backend = GreedyBackend.vllm if vllm_available() and torch.cuda.is_available() else GreedyBackend.transformers
+    if backend == GreedyBackend.vllm:
         if not vllm_available():
             raise ConfigError("backend='vllm' needs the vllm package: pip install 'entrgi[judge]' (GPU machines)")
         return VllmGreedy(folder, **settings)

@@ -27,13 +27,13 @@ import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
-from entrgi.evaluators.greedy import GreedyOutput, open_backend
+from entrgi.evaluators.greedy import GreedyBackend, GreedyOutput, open_backend
 from entrgi.schemas import schema
-from entrgi.validation import one_of, ranged
-from entrgi.weights import resolve_checkpoint
+from entrgi.validation import ranged
+from entrgi.weights import DType, resolve_checkpoint
 
 # The paper's five generic unit tests (SPEC §5), worded as in the authors' evaluation script.
 UNIT_TESTS = (
@@ -46,7 +46,7 @@ UNIT_TESTS = (
 SCORE_KEY = "score"
 
 
-class LMUnitScoring(Enum):
+class LMUnitScoring(StrEnum):
     """How a judge's answers become a score (the module docstring); the member name is the config value."""
 
     paper = "paper"  # the lmunit package's rule: digits 0–6, an unparsable unit test scores 0
@@ -69,7 +69,7 @@ class LMUnitConfig(EvaluatorConfig):
     unit_tests: list[str] = field(default_factory=lambda: list(UNIT_TESTS))
     scoring: LMUnitScoring = LMUnitScoring.paper
     # auto: vLLM when installed and a GPU is visible, else transformers.
-    backend: str = one_of("auto", "auto", "vllm", "transformers")
+    backend: GreedyBackend = GreedyBackend.auto
     max_new_tokens: int = ranged(10, low=1)  # `{"score": 4}` fits in fewer
     top_logprobs: int = ranged(20, low=1)  # vLLM's default cap on returned log-probs
     batch_size: int = ranged(16, low=1)  # requests per forward pass (transformers; vLLM batches itself)
@@ -77,7 +77,7 @@ class LMUnitConfig(EvaluatorConfig):
     gpu_memory_utilization: float = ranged(0.9, low=0.0, high=1.0, low_open=True)  # vLLM
     max_model_len: int | None = ranged(None, low=1, optional=True)  # vLLM; None: the model's own
     device: str = "auto"  # transformers
-    dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+    dtype: DType = DType.auto
     trust_remote_code: bool = False
 
 

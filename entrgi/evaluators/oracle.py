@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement
+from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement, Responses
 from entrgi.schemas import schema
 from entrgi.toy.grammar import parse_prompt
 from entrgi.toy.oracle import oracle
-from entrgi.validation import ConfigError, one_of
+from entrgi.validation import ConfigError
 
 
 @schema("evaluator", "oracle")
@@ -24,7 +24,7 @@ class ToyOracleConfig(EvaluatorConfig):
 
     _target_: str = "entrgi.evaluators.oracle.ToyOracle"
     name: str = "oracle"
-    responses: str = one_of("all", "top1", "all")
+    responses: Responses = Responses.all
 
 
 class ToyOracle(Evaluator):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
@@ -22,12 +23,35 @@ from entrgi.noise import Stream
 from entrgi.rewards import RewardModel
 from entrgi.rewards.vocab_bridge import build_vocab_bridge
 from entrgi.schemas import schema
-from entrgi.validation import ConfigError, one_of, ranged, registered
+from entrgi.validation import ConfigError, ranged, registered
 
 log = logging.getLogger(__name__)
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 HISTOGRAM_BINS = 40
+
+
+class Optimizer(StrEnum):
+    """`guidance.optimizer`: the torch optimizer of the logits (`RewardGradientConfig`)."""
+
+    adam = "adam"
+    sgd = "sgd"
+
+
+_OPTIMIZERS = {Optimizer.adam: torch.optim.Adam, Optimizer.sgd: torch.optim.SGD}
+
+
+class Keep(StrEnum):
+    """`guidance.keep`: which iterate of the logits guidance returns (`RewardGradientConfig`)."""
+
+    last = "last"
+    best = "best"
+
+
+class EosMaskFrom(StrEnum):
+    """`guidance.eos_mask_from`: which tokens decide where the RM input is hidden (`RewardGradientConfig`)."""
+
+    argmax = "argmax"
+    sampled = "sampled"
 
 
 @schema("guidance", "reward_gradient")
@@ -40,11 +64,11 @@ class RewardGradientConfig(GuidanceConfig):
     rule: str = registered("entrgi", WEIGHT_RULES)
     M: int = ranged(3, low=1)
     eta: float = ranged(0.5, low=0.0, low_open=True)
-    optimizer: str = one_of("adam", *_OPTIMIZERS)
+    optimizer: Optimizer = Optimizer.adam
     every: int = ranged(1, low=1)
-    keep: str = one_of("last", "last", "best")
+    keep: Keep = Keep.last
     focus_margin: int | None = ranged(None, low=0, optional=True)
-    eos_mask_from: str = one_of("argmax", "argmax", "sampled")
+    eos_mask_from: EosMaskFrom = EosMaskFrom.argmax
     # Shared with the sampler by default: the hard draw and the commit step use the same τ and top-p.
     # 0 (a greedy sampler's): softmax(φ/0) is the one-hot argmax, whose gradient is zero, so the
     # logits are left as they are; set guidance.temperature > 0 to guide a greedy sampler.

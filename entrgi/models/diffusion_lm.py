@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -19,11 +20,18 @@ from omegaconf import MISSING
 from transformers.masking_utils import create_bidirectional_mask
 
 from entrgi.schemas import schema
-from entrgi.validation import ConfigError, one_of
-from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
+from entrgi.validation import ConfigError
+from entrgi.weights import DType, resolve_checkpoint, resolve_device, resolve_dtype
 
 # Keys of a remote-code config.json that must not reach transformers' own config class.
 _REMOTE_CONFIG_KEYS = ("model_type", "auto_map", "architectures", "transformers_version")
+
+
+class Decode(StrEnum):
+    """`model.decode`: which tokens of the response region become the final text (`DiffusionLMConfig`)."""
+
+    whole = "whole"
+    to_stop = "to_stop"
 
 
 @schema("model")
@@ -44,10 +52,10 @@ class DiffusionLMConfig:
     stop_tokens: list[str] = field(default_factory=list)
     logit_shift: bool = True
     device: str = "auto"
-    dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+    dtype: DType = DType.auto
     # The final text: the whole response region with special tokens skipped, text after a stop
     # token kept ("whole", the authors' script), or cut at the first stop token ("to_stop").
-    decode: str = one_of("whole", "whole", "to_stop")
+    decode: Decode = Decode.whole
 
 
 class DiffusionLM:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 import transformers
@@ -19,8 +20,29 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from entrgi.schemas import schema
-from entrgi.validation import one_of, ranged
-from entrgi.weights import resolve_checkpoint, resolve_device, resolve_dtype
+from entrgi.validation import ranged
+from entrgi.weights import DType, resolve_checkpoint, resolve_device, resolve_dtype
+
+
+class Positions(StrEnum):
+    """`reward.positions`: the position ids of the embedding path (`RewardModelConfig`)."""
+
+    absolute = "absolute"
+    visible = "visible"
+
+
+class HideFrom(StrEnum):
+    """`reward.hide_from`: where the guidance RM input stops showing the response (`RewardModelConfig`)."""
+
+    eos = "eos"
+    stop = "stop"
+
+
+class TextPath(StrEnum):
+    """`reward.text_path`: how the final scores turn a response into RM input (`RewardModelConfig`)."""
+
+    template = "template"
+    splice = "splice"
 
 
 @schema("reward")
@@ -36,20 +58,20 @@ class RewardModelConfig:
     gradient_checkpointing: bool = False
     prefix_cache: bool = True
     device: str = "auto"
-    dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+    dtype: DType = DType.auto
     # How the RM reads a response (the `fidelity` group sets all three; see the README):
     # positions of the embedding path: "absolute" = every column occupies a position, hidden ones
     # and padding included, as when no position ids are passed (the authors' script); "visible" =
     # contiguous over the visible tokens.
-    positions: str = one_of("absolute", "absolute", "visible")
+    positions: Positions = Positions.absolute
     # the guidance RM input hides the response from its first "eos" (the reference) or its first
     # "stop" token (every stop token of the dLLM).
-    hide_from: str = one_of("eos", "eos", "stop")
+    hide_from: HideFrom = HideFrom.eos
     # final scores: the decoded text rendered by the RM's chat template ("template", which may
     # strip leading newlines or split off a think block), or the template rendered around a
     # placeholder with the text's tokens spliced in verbatim ("splice": the very token
     # sequence the embedding path is built from).
-    text_path: str = one_of("template", "template", "splice")
+    text_path: TextPath = TextPath.template
 
 
 # transformers 5.x renamed `past_key_values` to `cache` (the old name warns on every call).
