@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,16 @@ import psutil
 import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from entrgi.cli import hydra_command
+from entrgi.cli import describe, hydra_command
 from entrgi.components import build
 from entrgi.noise import TrajectoryNoise
 from entrgi.sampler import DiffusionSampler
-from entrgi.validation import validate
+from entrgi.validation import ConfigError, validate
+from entrgi.weights import ResourceUnavailable
 
 PARTS = ("dllm_forward", "rm_forward", "rm_backward")
 
@@ -150,17 +153,34 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 @hydra_command(config_name="perf", prog="entrgi.perf")
 def main(cfg: DictConfig) -> None:
-    validate(cfg)
-    model, reward = build(cfg.model), build(cfg.reward)
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("guidance=")]
-    results = {}
-    for method in cfg.perf.methods:
-        method_cfg = compose(config_name="perf", overrides=[*overrides, f"guidance={method}"])
-        results[method] = measure(method_cfg, model, reward, cfg.perf.repeats, cfg.perf.warmup)
+    try:
+        validate(cfg)
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("guidance=")]
+        method_cfgs = {method: _compose_method(overrides, method) for method in cfg.perf.methods}
+        model, reward = build(cfg.model), build(cfg.reward)
+    except (ConfigError, ResourceUnavailable) as error:
+        print(f"entrgi.perf: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    results = {method: measure(method_cfg, model, reward, cfg.perf.repeats, cfg.perf.warmup)
+               for method, method_cfg in method_cfgs.items()}
     out = Path(HydraConfig.get().runtime.output_dir) / cfg.perf.output
     out.write_text(json.dumps({"overrides": overrides, "results": results}, indent=2))
     print(format_table(results))
     print(f"written to {out}")
+
+
+def _compose_method(overrides: list[str], method: str) -> DictConfig:
+    """The perf config with `guidance=<method>`, composed and checked before any model loads.
+
+    Raises:
+        ConfigError: `method` is not a guidance option, or the composed config has a bad value.
+    """
+    try:
+        method_cfg = compose(config_name="perf", overrides=[*overrides, f"guidance={method}"])
+    except ConfigCompositionException as error:
+        raise ConfigError(f"perf.methods: {describe(error)}") from None
+    validate(method_cfg)
+    return method_cfg
 
 
 if __name__ == "__main__":

@@ -93,3 +93,19 @@ def test_a_user_asking_for_full_errors_gets_hydras_exception(monkeypatch):
     with pytest.raises(MissingConfigException, match="guidance/nope"):
         _call(_command(), ["guidance=nope"], monkeypatch)
     assert os.environ[FULL_ERROR] == "1"
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["experiment=tiny", "perf.methods=[none,nope]"],
+     f"perf.methods: guidance=nope: no such option; the options are {_options('guidance')}"),
+    (["experiment=tiny", "sampler.top_p=2"], "sampler.top_p=2.0 is not allowed: expected a value in (0.0, 1.0]"),
+])
+def test_perf_refuses_a_bad_method_or_value_before_loading_models(monkeypatch, capsys, tmp_path, argv, line):
+    from entrgi import perf
+
+    monkeypatch.delenv(FULL_ERROR, raising=False)
+    monkeypatch.setattr(perf, "build", lambda *a, **k: pytest.fail("a model was built"))
+    code = _call(perf.main, [*argv, f"hydra.run.dir={tmp_path}", "hydra/job_logging=none",
+                             "hydra/hydra_logging=none"], monkeypatch)
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"entrgi.perf: error: {line}"]
