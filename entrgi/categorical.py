@@ -8,6 +8,10 @@ streams of `entrgi.noise`), so a row's sample does not depend on the batch it si
 Probability mass is counted in integers (`MASS_BITS` fractional bits): integer sums are exact
 and order-free, so the nucleus and the draw are the same on every device, batch size and
 thread count, where float sums in a different order could move a token across the boundary.
+
+Logits with a NaN or +inf in a row, or -inf everywhere, have no softmax (it is NaN throughout);
+such a row is read as the uniform distribution, so a draw is always a token id in [0, V). The
+sampler detects such logits itself and stops the job (`entrgi.nonfinite`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def sample_nucleus(logits: Tensor, uniform: Tensor, top_p: float = 1.0, top_k: i
     renormalised. With `top_k`, only tokens at least as probable as the k-th most probable stay
     (ties at it kept, as Dream's `top_k_logits`). The CDF runs over the kept tokens in vocabulary
     order, so a uniform picks the same token whichever way the nucleus was found. Zero-probability
-    (-inf) tokens are never drawn.
+    (-inf) tokens are never drawn. However tiny top_p is, the most probable token is kept. A row
+    without a softmax (NaN, +inf, or -inf everywhere) is read as uniform: ids stay in [0, V).
     """
     return sample_filtered(logits, uniform, top_p, top_k, distribution=False)[0]
 
@@ -48,6 +53,7 @@ def sample_filtered(
     if uniform is not None and uniform.shape != lead:
         raise ValueError(f"uniform must have shape {tuple(lead)}, got {tuple(uniform.shape)}")
     probs = torch.softmax(logits.detach().float().reshape(-1, vocab), dim=-1)
+    probs.nan_to_num_(nan=1.0 / vocab)  # a NaN softmax is NaN in the whole row: read it as uniform
     mass = (probs * float(1 << MASS_BITS)).long()  # exact: a power-of-two scale, then truncation
     if top_p < 1.0:
         mass = mass * nucleus_mask(probs, mass, top_p)

@@ -161,30 +161,30 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
     resumed = len(state.records)
     started = time.perf_counter()
     snapshot: dict[str, Any] = {}  # additive artifacts as of the previous batch of this attempt
-    progress = tqdm(total=resumed + len(prompts), initial=resumed, desc=f"{cfg.name} prompts", unit="prompt")
-    for first in range(0, len(prompts), batch_size):
-        batch_index = state.next_batch
-        batch = prompts[first : first + batch_size]
-        generation = sampler.generate([p.text for p in batch], [p.id for p in batch], seed=cfg.seed)
-        texts = [sampler.model.decode(row) for row in generation.responses.tolist()]
-        rewards = reward.score_texts([p.text for p in batch for _ in range(k)], texts).tolist()
-        records = [
-            _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k], batch_index, len(batch))
-            for i, p in enumerate(batch)
-        ]
-        steps = [{"batch": batch_index, **row} for row in generation.steps]
-        parts = {}
-        for name, content in guidance.artifacts().items():
-            if additive(content):
-                parts[name] = counts_increment(content, snapshot.get(name))
-                snapshot[name] = content
-        run_dir.append_batch(records, steps, parts)
-        state.records += records
-        state.steps += steps
-        state.parts.append(parts)
-        logger.log_batch(records, steps)
-        progress.update(len(batch))
-    progress.close()
+    # Closed on an error too, so that the bar's line ends before the error's (`entrgi.run`).
+    with tqdm(total=resumed + len(prompts), initial=resumed, desc=f"{cfg.name} prompts", unit="prompt") as progress:
+        for first in range(0, len(prompts), batch_size):
+            batch_index = state.next_batch
+            batch = prompts[first : first + batch_size]
+            generation = sampler.generate([p.text for p in batch], [p.id for p in batch], seed=cfg.seed)
+            texts = [sampler.model.decode(row) for row in generation.responses.tolist()]
+            rewards = reward.score_texts([p.text for p in batch for _ in range(k)], texts).tolist()
+            records = [
+                _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k], batch_index, len(batch))
+                for i, p in enumerate(batch)
+            ]
+            steps = [{"batch": batch_index, **row} for row in generation.steps]
+            parts = {}
+            for name, content in guidance.artifacts().items():
+                if additive(content):
+                    parts[name] = counts_increment(content, snapshot.get(name))
+                    snapshot[name] = content
+            run_dir.append_batch(records, steps, parts)
+            state.records += records
+            state.steps += steps
+            state.parts.append(parts)
+            logger.log_batch(records, steps)
+            progress.update(len(batch))
     step_means: dict[str, list[float]] = {}
     for row in state.steps:
         for key in ("entropy_mean", "w_mean", "E_mean", "D_mean"):

@@ -3,10 +3,10 @@
 Composes the config, then hands it to `entrgi.experiment`. A command line that does not compose
 (an unknown option or key, a value outside a field's type) ends with one line on stderr and exit
 code 2 (`entrgi.cli`). A job that fails records why in `error.json` in its directory. A single
-job ends on an error a user can fix (a bad value, missing weights) with one line on stderr and
-exit code 2. In a multirun a failing job raises to Hydra, which marks it failed and goes on with
-the others; the sweep exits with code 1 once every job has ended, and `<sweep dir>/sweep.json`
-lists each job's state and error.
+job ends on an error a user can fix (a bad value, missing weights) or on NaN / inf logits
+(`entrgi.nonfinite`) with one line on stderr and exit code 2. In a multirun a failing job raises
+to Hydra, which marks it failed and goes on with the others; the sweep exits with code 1 once
+every job has ended, and `<sweep dir>/sweep.json` lists each job's state and error.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from entrgi.cli import hydra_command
+from entrgi.nonfinite import NonFiniteLogits
 from entrgi.sweeps import SWEEP_SUMMARY, JobFailed, clear_error, write_error
 from entrgi.validation import ConfigError
 from entrgi.weights import ResourceUnavailable
@@ -40,7 +41,7 @@ def main(cfg: DictConfig) -> float | None:
         summary = run_experiment(cfg, output_dir)
     except Exception as error:
         path = write_error(output_dir, error, list(hydra_cfg.overrides.task))
-        user_error = isinstance(error, (ConfigError, ResourceUnavailable))
+        user_error = isinstance(error, (ConfigError, ResourceUnavailable, NonFiniteLogits))
         if not multirun:
             if user_error:
                 print(f"entrgi: error: {error}", file=sys.stderr)

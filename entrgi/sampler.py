@@ -4,7 +4,8 @@ Each step: one dLLM forward without gradient, the guidance hook on the response 
 a token drawn at every masked position from softmax(top_p(logits / τ)), and the schedule
 committing some of them. All randomness comes from counter-based per-trajectory streams,
 so a prompt's samples do not depend on the batch it is in. Nothing in the loop reads a
-value back to the host.
+value back to the host: whether the dLLM's or the guided logits held a NaN or ±inf is kept
+on the device and read once the batch is done (`entrgi.nonfinite`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from entrgi.categorical import sample_filtered
 from entrgi.guidance import Guidance, GuidanceContext
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
+from entrgi.nonfinite import FirstNonFinite, NonFiniteLogits
 from entrgi.schedule import UnmaskSchedule
 from entrgi.validation import ranged
 
@@ -40,6 +42,15 @@ class Generation:
 
     responses: torch.Tensor
     steps: list[dict[str, float]]
+
+
+@dataclass
+class Denoised:
+    """What the denoising loop leaves on the device: per-step statistics (0-d tensors) and the first
+    step at which the dLLM's ("dllm") or the guided ("guided") logits held a NaN or ±inf."""
+
+    steps: list[dict[str, torch.Tensor]]
+    nonfinite: FirstNonFinite
 
 
 class DiffusionSampler:
@@ -72,18 +83,36 @@ class DiffusionSampler:
         return canvas, attention
 
     def generate(self, prompts: list[str], prompt_ids: list[str], seed: int) -> Generation:
-        """Sample K responses for each prompt; `prompt_ids` key the random streams."""
+        """Sample K responses for each prompt; `prompt_ids` key the random streams.
+
+        Raises NonFiniteLogits, after the loop, if the dLLM's or the guided logits held a NaN or ±inf.
+        """
         canvas, attention = self.build_canvas([self.model.encode_prompt(p) for p in prompts])
         noise = TrajectoryNoise.for_prompts(seed, prompt_ids, self.num_samples, device=canvas.device)
         self.guidance.begin_batch(prompts, self.num_samples, self.max_new_tokens)
-        per_step = self.denoise(canvas, attention, noise)
+        denoised = self.denoise(canvas, attention, noise)
+        self._check_finite(denoised.nonfinite, prompt_ids)
         responses = canvas[:, canvas.shape[1] - self.max_new_tokens :].cpu()
-        return Generation(responses=responses, steps=_steps_to_host(per_step, self.schedule))
+        return Generation(responses=responses, steps=_steps_to_host(denoised.steps, self.schedule))
+
+    def _check_finite(self, nonfinite: FirstNonFinite, prompt_ids: list[str]) -> None:
+        """Raise NonFiniteLogits naming the source that went wrong first (the dLLM on a tie: guidance starts
+        from its logits)."""
+        first = nonfinite.read()
+        if not first:
+            return
+        source = min(first, key=first.get)
+        producer = (f"the dLLM (model.path={self.model.config.path})" if source == "dllm"
+                    else f"guidance ({self.guidance.describe()})")
+        raise NonFiniteLogits(
+            f"{'' if source == 'dllm' else 'guided '}logits with NaN or inf from {producer} at denoising step "
+            f"{first[source]} of {self.schedule.steps}, batch of prompts {', '.join(prompt_ids)}"
+        )
 
     def denoise(
         self, canvas: torch.Tensor, attention: torch.Tensor, noise: TrajectoryNoise
-    ) -> list[dict[str, torch.Tensor]]:
-        """Run every denoising step on `canvas` in place; statistics stay on the device.
+    ) -> Denoised:
+        """Run every denoising step on `canvas` in place; statistics and the non-finite check stay on the device.
 
         Nothing in here reads a device value on the host (tests run it with host reads forbidden).
         """
@@ -91,12 +120,16 @@ class DiffusionSampler:
         length = self.max_new_tokens
         stop_ids = torch.tensor(self.model.stop_token_ids, device=canvas.device)  # all rank last (deprioritize_eos)
         per_step = []
+        nonfinite = FirstNonFinite(("dllm", "guided"), self.schedule.steps, canvas.device)
         for step in range(self.schedule.steps):
             response = canvas[:, start:]
             masked = response == self.model.mask_token_id
             logits = self.model.logits(canvas, attention, start)
             context = GuidanceContext(step, response, masked, noise, self.plan[step])
+            nonfinite.observe("dllm", step, logits)
             steered = self.guidance.steer(logits, context)
+            if steered.logits is not logits:  # unguided steps return the dLLM's logits, checked already
+                nonfinite.observe("guided", step, steered.logits)
             positions = context.positions
             rows = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
             temperature, top_p, top_k = self.config.temperature, self.config.top_p, self.config.top_k
@@ -114,7 +147,7 @@ class DiffusionSampler:
             )
             canvas[:, start:] = torch.where(commit, tokens, response)
             per_step.append({"masked": masked.sum(-1).float().mean(), **steered.stats})
-        return per_step
+        return Denoised(steps=per_step, nonfinite=nonfinite)
 
     def _order_probs(self, unguided, guided, drawn_probs, rows) -> torch.Tensor:
         """The distribution [N, F, V] the schedule ranks positions by (`schedule.order_from`)."""

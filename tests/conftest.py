@@ -3,6 +3,7 @@ toy world, composed configs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from importlib.resources import files
 from pathlib import Path
@@ -41,6 +42,29 @@ def guidance_config(**options):
     from entrgi.guidance import RewardGradientConfig
 
     return RewardGradientConfig(**{"temperature": 0.7, "top_p": 0.95, "top_k": None, **options})
+
+
+@contextlib.contextmanager
+def nan_from_call(owner, name: str, first: int):
+    """`owner.name` (a method, patched on an instance or a class) returns its output times NaN from its
+    `first`-th call (0-based) on; autograd goes through, so NaN scores give NaN gradients."""
+    saved = vars(owner).get(name)
+    original = getattr(owner, name)
+    calls = []
+
+    def patched(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(None)
+        return out * float("nan") if len(calls) > first else out
+
+    setattr(owner, name, patched)
+    try:
+        yield
+    finally:
+        if saved is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, saved)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entrgi.categorical import MASS_BITS, nucleus_mask, sample_nucleus
+from entrgi.categorical import MASS_BITS, nucleus_mask, sample_filtered, sample_nucleus
 
 NINF = float("-inf")
 
@@ -94,3 +94,53 @@ def test_batched_shape_dtype_and_errors():
         sample_nucleus(logits, u[0])
     with pytest.raises(ValueError):
         sample_nucleus(logits, u, top_p=0.0)
+
+
+NAN, INF = float("nan"), float("inf")
+# Rows of 6 logits a forward gone wrong may give, and the tokens a draw may pick (None: any id; the row has no softmax).
+ROWS = {
+    "all NaN": ([NAN] * 6, None),
+    "one NaN": ([0.0, 1.0, NAN, 0.5, -1.0, 2.0], None),
+    "one +inf": ([0.0, INF, 0.0, 1.0, 0.0, 0.0], None),
+    "two +inf": ([INF, 0.0, 0.0, 0.0, INF, 0.0], None),
+    "-inf everywhere": ([NINF] * 6, None),
+    "+inf and -inf": ([NINF, INF, NINF, 0.0, 0.0, 0.0], None),
+    "NaN and +inf": ([NAN, INF, 0.0, 0.0, 0.0, 0.0], None),
+    "one finite": ([NINF, NINF, NINF, 3.0, NINF, NINF], {3}),
+    "finite": ([0.5, -2.0, 1.0, 0.0, 4.0, -1.0], set(range(6))),
+}
+
+
+@pytest.mark.parametrize("top_k", [None, 1, 3])
+@pytest.mark.parametrize("top_p", [1.0, 0.95, 0.5, 1e-13])
+def test_ids_stay_in_the_vocabulary_on_non_finite_logits(top_p, top_k):
+    """Every kind of row, mixed in one batch, drawn and taken greedily: ids in [0, V), a finite distribution."""
+    logits = torch.tensor([row for row, _ in ROWS.values()])
+    u = torch.tensor([1e-12, 0.2, 0.5, 0.8, 1 - 1e-7])
+    batch = logits[:, None, :].expand(-1, len(u), -1)  # [rows, draws, V]
+    for uniform in (u.expand(len(logits), -1), None):
+        ids, probs = sample_filtered(batch, uniform, top_p, top_k)
+        assert ids.dtype == torch.long and ids.shape == batch.shape[:-1]
+        assert ((ids >= 0) & (ids < 6)).all(), ids
+        assert torch.isfinite(probs).all() and torch.allclose(probs.sum(-1), torch.ones(ids.shape))
+        for (name, (_, allowed)), row_ids in zip(ROWS.items(), ids.tolist(), strict=True):
+            if allowed is not None:
+                assert set(row_ids) <= allowed, name
+
+
+def test_a_row_without_a_softmax_is_read_as_uniform():
+    vocab = 10
+    u = (torch.arange(vocab) + 0.5) / vocab  # the middle of each token's 1/V of the CDF
+    for value in (NAN, INF, NINF):
+        assert sample_nucleus(torch.full((vocab, vocab), value), u).tolist() == list(range(vocab)), value
+
+
+def test_the_top_token_is_kept_however_tiny_top_p_is():
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(200, 50, generator=gen) * 3
+    u = torch.rand(200, generator=gen)
+    for top_p in (1e-13, 1e-9, 2.0**-41):
+        assert torch.equal(sample_nucleus(logits, u, top_p), logits.argmax(-1)), top_p
+        assert torch.equal(sample_nucleus(logits, u, top_p, top_k=5), logits.argmax(-1)), top_p
+    ties = torch.tensor([0.0, 2.0, 1.0, 2.0]).expand(3, 4)  # two top tokens: the first in vocabulary order
+    assert sample_nucleus(ties, torch.tensor([0.01, 0.5, 0.99]), 1e-13).tolist() == [1, 1, 1]

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from conftest import guidance_config
+from conftest import guidance_config, nan_from_call
 
 from entrgi.guidance import NoGuidance, RewardGradientGuidance
 from entrgi.noise import TrajectoryNoise
@@ -72,5 +72,21 @@ def test_denoise_reads_nothing_back(random_model, random_reward, rule, schedule)
     guidance.begin_batch(prompts, 2, 6)
     noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2)
     with host_reads_forbidden():
-        steps = sampler.denoise(canvas, attention, noise)
-    assert len(steps) == 4
+        denoised = sampler.denoise(canvas, attention, noise)
+    assert len(denoised.steps) == 4
+    assert denoised.nonfinite.read() == {}
+
+
+@pytest.mark.parametrize("source", ["dllm", "guided"])
+def test_the_non_finite_check_reads_nothing_back(random_model, random_reward, source):
+    """NaN logits from step 2 on (the dLLM's, or the guided ones through a NaN reward) are recorded on the device."""
+    guidance = RewardGradientGuidance(guidance_config(rule="entrgi", M=1), model=random_model, reward=random_reward)
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=random_model,
+                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
+    prompts = ["Describe the cat.", "Why is the old robot happy?"]
+    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
+    guidance.begin_batch(prompts, 2, 6)
+    patched = (random_model, "logits") if source == "dllm" else (random_reward, "score_embeds")
+    with nan_from_call(*patched, 2), host_reads_forbidden():
+        denoised = sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2))
+    assert denoised.nonfinite.read() == ({"dllm": 2, "guided": 2} if source == "dllm" else {"guided": 2})

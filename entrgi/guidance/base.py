@@ -71,6 +71,10 @@ class Guidance:
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
         return Steered(logits=logits, stats={})
 
+    def describe(self) -> str:
+        """The method and the models it runs, in one line, for error messages (e.g. on NaN guided logits)."""
+        return type(self).__name__
+
     def summary(self) -> dict[str, Any]:
         """Numbers about the method itself for summary.json (e.g. vocabulary coverage)."""
         return {}

@@ -229,6 +229,9 @@ class RewardGradientGuidance(Guidance):
         left = masked.scatter(1, free, False).to(torch.uint8)
         return torch.sort(left, dim=-1, descending=True, stable=True).indices[:, : context.planned[0] - free.shape[1]]
 
+    def describe(self) -> str:
+        return f"guidance.rule={self.config.rule} through reward.path={self.reward.config.path}"
+
     def summary(self) -> dict:
         return {"vocab_coverage": self.coverage}
 
