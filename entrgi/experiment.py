@@ -187,7 +187,7 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
             progress.update(len(batch))
     step_means: dict[str, list[float]] = {}
     for row in state.steps:
-        for key in ("entropy_mean", "w_mean", "E_mean", "D_mean"):
+        for key in ("entropy_mean", "w_mean", "E_mean", "D_mean", "ess_mean", "resampled_fraction"):
             if key in row:
                 step_means.setdefault(key, []).append(row[key])
     top1 = [r["top1"] for r in state.records]
@@ -202,6 +202,6 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
         "seed": cfg.seed,
         "wall_seconds": time.perf_counter() - started,
         "resumed_prompts": resumed,
-        # Means over guided steps of the per-step means over masked positions.
+        # Means over the steps that have them (guided or scored) of the per-step means.
         **{key: sum(values) / len(values) for key, values in step_means.items()},
     }

@@ -4,7 +4,9 @@ Every random draw of the sampler and of guidance comes from a counter-based gene
 a uniform number is a hash of (trajectory key, stream, step, iteration, position). The
 trajectory key is derived from (seed, prompt id, sample index k). So a trajectory sees the
 same noise whatever batch it sits in, on however many shards, and no per-trajectory
-``torch.Generator`` has to be stepped inside the denoising loop.
+``torch.Generator`` has to be stepped inside the denoising loop. Draws shared by a prompt's K
+trajectories (which particles a resampling step copies) come from the key of its slot k = 0
+(`per_prompt`), so they too are keyed by (seed, prompt id) alone.
 
 The hash works on int64 tensors holding 32-bit values, with multipliers below 2**31 so no
 product overflows: results are identical on CPU and CUDA.
@@ -32,6 +34,7 @@ class Stream(enum.IntEnum):
     REVEAL = 2  # `origin` rule: whether a position is revealed this step
     ORDER = 3  # Gumbel noise for drawing positions with alg_temp > 0
     GUIDANCE_TOKEN = 4  # hard tokens drawn at each guidance iteration
+    RESAMPLE = 5  # per prompt: which particles a resampling step copies (`TrajectoryNoise.per_prompt`)
 
 
 def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
@@ -73,6 +76,10 @@ class TrajectoryNoise:
         state = _fold(torch.full((), seed & _MASK32, dtype=torch.int64), 0x5EED)
         keys = _fold(_fold(state, pids)[:, None], ks[None, :]).reshape(-1)
         return cls(keys.to(device))
+
+    def per_prompt(self, num_samples: int) -> TrajectoryNoise:
+        """One stream per prompt (the key of its slot k = 0) for trajectories laid out prompt-major."""
+        return TrajectoryNoise(self.keys[::num_samples])
 
     def uniform(self, stream: Stream, step: int, length: int, iteration: int = 0) -> torch.Tensor:
         """Float32 uniforms in (0, 1) of shape [num_trajectories, length]."""

@@ -2,10 +2,11 @@
 
 Each step: one dLLM forward without gradient, the guidance hook on the response logits,
 a token drawn at every masked position from softmax(top_p(logits / τ)), and the schedule
-committing some of them. All randomness comes from counter-based per-trajectory streams,
-so a prompt's samples do not depend on the batch it is in. Nothing in the loop reads a
-value back to the host: whether the dLLM's or the guided logits held a NaN or ±inf is kept
-on the device and read once the batch is done (`entrgi.nonfinite`).
+committing some of them; then, for a particle method, the rows of each prompt's group
+reordered as the method asks (`Guidance.resample`). All randomness comes from counter-based
+per-trajectory streams, so a prompt's samples do not depend on the batch it is in. Nothing in
+the loop reads a value back to the host: whether the dLLM's or the guided logits held a NaN or
+±inf is kept on the device and read once the batch is done (`entrgi.nonfinite`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from entrgi.categorical import sample_filtered
-from entrgi.guidance import Guidance, GuidanceContext
+from entrgi.guidance import Committed, Guidance, GuidanceContext
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
 from entrgi.nonfinite import FirstNonFinite, NonFiniteLogits
+from entrgi.resampling import ancestor_rows
 from entrgi.schedule import UnmaskSchedule
 from entrgi.validation import ranged
 
@@ -146,8 +148,23 @@ class DiffusionSampler:
                 stop_ids, positions,
             )
             canvas[:, start:] = torch.where(commit, tokens, response)
-            per_step.append({"masked": masked.sum(-1).float().mean(), **steered.stats})
+            stats = {"masked": masked.sum(-1).float().mean(), **steered.stats}
+            if step + 1 < self.schedule.steps:  # resampling the finished responses would only duplicate some
+                committed = Committed(step, canvas[:, start:], self.model.mask_token_id, steered.logits, tokens,
+                                      noise, self.num_samples)
+                stats |= self._resample(canvas, committed)
+            per_step.append(stats)
         return Denoised(steps=per_step, nonfinite=nonfinite)
+
+    def _resample(self, canvas: torch.Tensor, committed: Committed) -> dict[str, torch.Tensor]:
+        """Reorder each prompt's rows as the guidance asks, with one gather; its statistics ({} without)."""
+        resampling = self.guidance.resample(committed)
+        if resampling is None:
+            return {}
+        rows = ancestor_rows(resampling.ancestors, self.num_samples)
+        canvas.copy_(canvas.index_select(0, rows))  # prompt and padding are equal within a group: only responses move
+        self.guidance.reorder(rows)
+        return resampling.stats
 
     def _order_probs(self, unguided, guided, drawn_probs, rows) -> torch.Tensor:
         """The distribution [N, F, V] the schedule ranks positions by (`schedule.order_from`)."""

@@ -4,6 +4,7 @@ toy world, composed configs."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from importlib.resources import files
 from pathlib import Path
@@ -90,6 +91,17 @@ def entrgi_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("entrgi-cache")
     os.environ["ENTRGI_CACHE"] = str(cache)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def root_log_handlers():
+    """Put the root logger's handlers back after each test: a command run in-process gets Hydra's logging
+    set up on the stderr of that test's capture, which is closed once the test ends."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

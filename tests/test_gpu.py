@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import guidance_config
 
-from entrgi.guidance import RewardGradientGuidance
+from entrgi.guidance import FKConfig, FKGuidance, RewardGradientGuidance
 from entrgi.models import DiffusionLM, DiffusionLMConfig
 from entrgi.noise import TrajectoryNoise
 from entrgi.rewards import RewardModel, RewardModelConfig
@@ -60,4 +60,25 @@ def test_denoising_loop_never_syncs_with_the_device(bf16_models, rule):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(denoised.steps) == 4 and denoised.nonfinite.read() == {}
+    assert (canvas[:, -6:] != model.mask_token_id).all()
+
+
+@pytest.mark.parametrize("resampling", ["systematic", "multinomial"])
+def test_fk_resampling_never_syncs_with_the_device(bf16_models, resampling):
+    """fk scores, weighs and resamples every step (by ESS and on a schedule) without waiting on the GPU."""
+    model, reward = bf16_models
+    guidance = FKGuidance(FKConfig(resampling=resampling, resample_every=2, ess_threshold=0.9), model=model,
+                          reward=reward)
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=model,
+                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
+    canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
+    guidance.begin_batch(PROMPTS, 2, 6)
+    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2, device=canvas.device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        steps = sampler.denoise(canvas, attention, noise).steps
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [("ess_mean" in row) for row in steps] == [True, True, True, False]
     assert (canvas[:, -6:] != model.mask_token_id).all()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import guidance_config, nan_from_call
 
-from entrgi.guidance import NoGuidance, RewardGradientGuidance
+from entrgi.guidance import FKConfig, FKGuidance, NoGuidance, RewardGradientGuidance
 from entrgi.noise import TrajectoryNoise
 from entrgi.sampler import DiffusionSampler, SamplerConfig
 from entrgi.schedule import (
@@ -90,3 +90,20 @@ def test_the_non_finite_check_reads_nothing_back(random_model, random_reward, so
     with nan_from_call(*patched, 2), host_reads_forbidden():
         denoised = sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2))
     assert denoised.nonfinite.read() == ({"dllm": 2, "guided": 2} if source == "dllm" else {"guided": 2})
+
+
+
+@pytest.mark.parametrize("resampling", ["systematic", "multinomial"])
+@pytest.mark.parametrize("estimate", ["argmax", "sample"])
+def test_resampling_reads_nothing_back(random_model, random_reward, resampling, estimate):
+    """fk scores, weighs and resamples on the device: on a schedule and by ESS, decided by tensor masks."""
+    guidance = FKGuidance(FKConfig(resampling=resampling, estimate=estimate, resample_every=2, ess_threshold=0.9),
+                          model=random_model, reward=random_reward)
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=random_model,
+                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
+    prompts = ["Describe the cat.", "Why is the old robot happy?"]
+    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
+    guidance.begin_batch(prompts, 2, 6)
+    with host_reads_forbidden():
+        steps = sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2)).steps
+    assert [("resampled_fraction" in row) for row in steps] == [True, True, True, False]

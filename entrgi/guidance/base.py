@@ -1,7 +1,12 @@
 """The guidance hook: what happens to the masked logits at each denoising step.
 
-The sampler calls `begin_batch` once per batch of prompts and `steer` once per step; it has
-no method-specific branches, so a new method is a new subclass plus a YAML file.
+The sampler calls `begin_batch` once per batch of prompts, `steer` once per step, and after
+each step's tokens are committed (every step but the last) `resample`: a particle method may
+then return, per prompt, which of its K particles each slot becomes a copy of; the sampler
+gathers the canvas rows within each prompt's group and calls `reorder` so the method can move
+its own per-particle state along. Random streams stay with the slot, not the particle, so
+copies diverge again. The sampler has no method-specific branches, so a new method is a new
+subclass plus a YAML file.
 """
 
 from __future__ import annotations
@@ -50,6 +55,34 @@ class Steered:
     stats: dict[str, torch.Tensor]
 
 
+@dataclass
+class Committed:
+    """What a method may read once a step's tokens are committed, to weigh its particles."""
+
+    step: int
+    response: torch.Tensor  # [N, L] response tokens after the commit
+    mask_token_id: int
+    logits: torch.Tensor  # [N, L, V] this step's logits as steered (the distribution the draw came from)
+    drawn: torch.Tensor  # [N, L] this step's draw (sampler τ, top-p, top-k) at every position masked before the commit
+    noise: TrajectoryNoise
+    num_samples: int  # K: rows b*K .. b*K + K - 1 are the particles of prompt b
+
+    @property
+    def masked(self) -> torch.Tensor:
+        """[N, L] bool, the positions still masked after the commit."""
+        return self.response == self.mask_token_id
+
+
+@dataclass
+class Resampling:
+    """Which particle each slot copies: `ancestors` [B, K] or [B*K] int64 within-group indices (slot k of
+    prompt b becomes particle ancestors[b, k] of prompt b; the identity leaves it as it is), on the
+    device, and statistics of the decision (0-d tensors, kept on the device)."""
+
+    ancestors: torch.Tensor
+    stats: dict[str, torch.Tensor]
+
+
 @schema("guidance")
 @dataclass
 class GuidanceConfig:
@@ -74,6 +107,13 @@ class Guidance:
     def describe(self) -> str:
         """The method and the models it runs, in one line, for error messages (e.g. on NaN guided logits)."""
         return type(self).__name__
+
+    def resample(self, committed: Committed) -> Resampling | None:
+        """Ancestors for this step's particles, or None (the default: no resampling, no cost)."""
+        return None
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Move per-particle state along a resampling: new row i is old row `rows[i]` ([N] int64)."""
 
     def summary(self) -> dict[str, Any]:
         """Numbers about the method itself for summary.json (e.g. vocabulary coverage)."""

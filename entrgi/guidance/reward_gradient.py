@@ -8,7 +8,6 @@ through the RM in one batch; every statistic stays on the device until the step 
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,11 +20,9 @@ from entrgi.guidance.mix import WEIGHT_RULES, entropy, lookup_rule, mix_weight, 
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
 from entrgi.rewards import RewardModel
-from entrgi.rewards.vocab_bridge import build_vocab_bridge
+from entrgi.rewards.vocab_bridge import BridgedReward
 from entrgi.schemas import schema
-from entrgi.validation import ConfigError, ranged, registered
-
-log = logging.getLogger(__name__)
+from entrgi.validation import ranged, registered
 
 HISTOGRAM_BINS = 40
 
@@ -99,28 +96,18 @@ class RewardGradientGuidance(Guidance):
 
     def __init__(self, config: RewardGradientConfig, *, model: DiffusionLM, reward: RewardModel):
         super().__init__(config)
-        if torch.device(model.device) != torch.device(reward.device):
-            raise ConfigError(
-                f"guidance needs the dLLM and the reward model on one device, got model.device={model.device} "
-                f"and reward.device={reward.device}"
-            )
+        self.bridged = BridgedReward(model, reward)
         self.reward = reward
         lookup_rule(config.rule)  # unknown names fail here, before any model work
         self.optimizer_cls = _OPTIMIZERS[config.optimizer]
         self.eos_token_id, self.mask_token_id = model.eos_token_id, model.mask_token_id
-        # Which dLLM tokens end the response the RM reads (`reward.hide_from`): EOS (the reference) or every stop token.
-        self.hide_ids = torch.tensor(
-            model.stop_token_ids if reward.config.hide_from == "stop" else [model.eos_token_id], device=model.device
-        )
-        bridge = build_vocab_bridge(model.tokenizer, reward.tokenizer, model.vocab_size)
-        self.coverage = bridge.coverage
-        log.info("vocabulary bridge: %.2f%% of dLLM tokens map exactly into the RM vocabulary", 100 * bridge.coverage)
-        if bridge.coverage < config.min_coverage:
+        self.coverage = self.bridged.coverage
+        if self.coverage < config.min_coverage:
             raise ValueError(
-                f"guidance.min_coverage={config.min_coverage}: only {bridge.coverage:.4f} of the dLLM vocabulary "
+                f"guidance.min_coverage={config.min_coverage}: only {self.coverage:.4f} of the dLLM vocabulary "
                 "maps exactly into the reward model's vocabulary"
             )
-        self.table = bridge.mapped_table(reward.embedding_table.detach())
+        self.table = self.bridged.table
         # Heat-map ranges, fixed up front: H <= log V and E <= ‖ē − ẽ‖ <= 2 max‖E_i‖.
         self.log_vocab = math.log(model.vocab_size)
         self.max_error = 2 * float(torch.linalg.vector_norm(self.table, dim=-1, dtype=torch.float32).max())
@@ -133,8 +120,7 @@ class RewardGradientGuidance(Guidance):
     def _visible(self, response: torch.Tensor, masked: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
         """RM sees the response up to, not including, its first EOS (pad = eos in Dream), or with
         `reward.hide_from=stop` its first stop token."""
-        current = torch.where(masked, proposal, response)
-        return torch.isin(current, self.hide_ids).long().cumsum(-1) == 0
+        return self.bridged.visible(torch.where(masked, proposal, response))
 
     def _accumulate_histogram(self, ent: torch.Tensor, error: torch.Tensor, masked: torch.Tensor) -> None:
         n = HISTOGRAM_BINS

@@ -1,0 +1,167 @@
+"""Feynman–Kac steering: K particles per prompt, resampled by a potential of their reward.
+
+Singhal et al. 2025, *A General Framework for Inference-time Scaling and Steering of Diffusion
+Models*, arXiv 2501.06848. No gradient flows anywhere: each particle's current guess of its clean
+text is scored by the reward model, and the particles of a prompt are resampled so that compute
+goes to the promising ones. Restated here as implemented:
+
+**Estimate and reward.** After step t's tokens are committed, particle i's clean-text estimate
+x̂ᵢ is its response with every still-masked position filled by the argmax of step t's logits
+(`estimate=argmax`, <mask> excluded) or by the token the sampler drew there at step t
+(`estimate=sample`: a draw under the sampler's τ, top-p and top-k, the one it would have
+committed). rᵢ(t) = RM(prompt, x̂ᵢ), scored on the device without gradient through the RM's token
+path (`BridgedReward.score_tokens`: under `fidelity=consistent`, exactly the text path's score of
+the decoded estimate).
+
+**Potentials** (λ = `strength` ≥ 0). Each particle carries one number hᵢ along its ancestry
+(a copy inherits its ancestor's), updated at every scoring step t:
+
+* `diff`: log Gᵢ = λ (rᵢ(t) − hᵢ), hᵢ = the reward the particle had when its prompt was last
+  resampled (0 before: a constant, which cancels). Between two resamplings this is the product
+  of the paper's per-step potentials exp(λ (r(t) − r(t−1))), which telescopes.
+* `max`: hᵢ ← max(hᵢ, rᵢ(t)), starting at −∞; log Gᵢ = λ hᵢ (the best reward on its path).
+* `sum`: hᵢ ← hᵢ + rᵢ(t), starting at 0; log Gᵢ = λ hᵢ (the sum of the rewards on its path).
+
+The weights of prompt b are wᵢ = Gᵢ / Σⱼ Gⱼ over its K particles; its effective sample size is
+ESS_b = (Σᵢ Gᵢ)² / Σᵢ Gᵢ², between 1 (one particle holds all weight) and K (equal weights).
+
+**Resampling.** After step t — never after the last step: the K finished responses are the
+run's K samples, ranked by its final reward (Top@1) as every method's are — prompt b is
+resampled when t + 1 is a multiple of `resample_every` or when ESS_b < `ess_threshold`·K (a
+mask computed on the device, no branch on its values). Its K slots then copy particles drawn
+with probabilities w: `systematic` (one uniform per prompt, `entrgi.resampling`) or
+`multinomial` (one per slot), from the stream `Stream.RESAMPLE` keyed by (seed, prompt id,
+step), so a prompt's result does not depend on its batch. The method scores only at steps where
+it may resample: every step when `ess_threshold` > 0, else every `resample_every`-th. With
+`resample_every=null` and `ess_threshold=0` it never scores nor resamples: Best-of-N, exactly
+`guidance=none`'s samples.
+
+Two departures from the paper's reference code (which resamples at the last step too, dividing
+the `max`/`sum` weights there by the product of earlier potentials so that the final particles
+target p(x)·exp(λ r(x))): no final resampling, hence no correction; and under ESS-triggered
+resampling the `diff` weight accumulates over the steps since the last resampling (standard
+adaptive SMC) instead of restarting at each scored step.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+from entrgi.guidance.base import Committed, Guidance, GuidanceConfig, Resampling
+from entrgi.models import DiffusionLM
+from entrgi.noise import Stream
+from entrgi.resampling import effective_sample_size, multinomial_ancestors, systematic_ancestors
+from entrgi.rewards import RewardModel
+from entrgi.rewards.vocab_bridge import BridgedReward
+from entrgi.schemas import schema
+from entrgi.validation import ranged
+
+
+class Estimate(enum.StrEnum):
+    """What fills a still-masked position of the clean-text estimate."""
+
+    argmax = "argmax"
+    sample = "sample"
+
+
+class Potential(enum.StrEnum):
+    """How a particle's rewards along its path make its potential (module docstring)."""
+
+    diff = "diff"
+    max = "max"
+    sum = "sum"
+
+
+class Resampler(enum.StrEnum):
+    """How ancestors are drawn from the weights."""
+
+    multinomial = "multinomial"
+    systematic = "systematic"
+
+
+@schema("guidance", "fk")
+@dataclass
+class FKConfig(GuidanceConfig):
+    """The `guidance` group option fk (fields: module docstring)."""
+
+    _target_: str = "entrgi.guidance.FKGuidance"
+    potential: Potential = Potential.diff
+    strength: float = ranged(10.0, low=0.0)  # λ (`lambda` is a Python keyword)
+    estimate: Estimate = Estimate.argmax
+    resample_every: int | None = ranged(None, low=1, optional=True)  # None: never on a schedule
+    ess_threshold: float = ranged(0.5, low=0.0, high=1.0)  # resample a prompt when ESS < this · K
+    resampling: Resampler = Resampler.systematic
+
+
+_START = {Potential.diff: 0.0, Potential.max: float("-inf"), Potential.sum: 0.0}
+
+
+class FKGuidance(Guidance):
+    """Feynman–Kac steering: leaves the logits as they are and resamples the particles.
+
+    Built from an `FKConfig` and the dLLM and RM it reads (one device, else ConfigError).
+    """
+
+    def __init__(self, config: FKConfig, *, model: DiffusionLM, reward: RewardModel):
+        super().__init__(config)
+        self.bridged = BridgedReward(model, reward)
+        self.layout = None
+        self.carried: torch.Tensor | None = None  # [N] hᵢ, per particle
+
+    def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
+        self.layout = self.bridged.reward.layout(prompts, num_samples, response_length)
+        self.carried = None
+
+    def _plan(self, step: int) -> tuple[bool, bool]:
+        """(score at this step, resample every prompt on the schedule), decided on the host from the config."""
+        every = self.config.resample_every
+        scheduled = every is not None and (step + 1) % every == 0
+        return scheduled or self.config.ess_threshold > 0, scheduled
+
+    def estimate(self, committed: Committed) -> torch.Tensor:
+        """Clean-text estimates [N, L]: committed tokens, and at masked positions the argmax or this step's draw."""
+        if self.config.estimate == Estimate.sample:
+            fill = committed.drawn
+        else:  # the best token other than <mask>: of the top two, without copying the [N, L, V] logits
+            first, second = committed.logits.topk(2, dim=-1).indices.unbind(-1)
+            fill = torch.where(first == committed.mask_token_id, second, first)
+        return torch.where(committed.masked, fill, committed.response)
+
+    def resample(self, committed: Committed) -> Resampling | None:
+        score, scheduled = self._plan(committed.step)
+        if not score:
+            return None
+        k = committed.num_samples
+        rewards = self.bridged.score_tokens(self.layout, self.estimate(committed))  # [N]
+        if self.carried is None:
+            self.carried = torch.full_like(rewards, _START[self.config.potential])
+        if self.config.potential == Potential.diff:
+            potential = rewards - self.carried
+        else:
+            combine = torch.maximum if self.config.potential == Potential.max else torch.add
+            self.carried = combine(self.carried, rewards)
+            potential = self.carried
+        log_weights = (self.config.strength * potential).view(-1, k)  # [B, K]
+        ess = effective_sample_size(log_weights)
+        resampled = (ess < self.config.ess_threshold * k) | scheduled  # [B]
+        prompts = committed.noise.per_prompt(k)
+        if self.config.resampling == Resampler.systematic:
+            drawn = systematic_ancestors(log_weights, prompts.uniform(Stream.RESAMPLE, committed.step, 1)[:, 0])
+        else:
+            drawn = multinomial_ancestors(log_weights, prompts.uniform(Stream.RESAMPLE, committed.step, k))
+        identity = torch.arange(k, device=drawn.device).expand_as(drawn)
+        ancestors = torch.where(resampled[:, None], drawn, identity)
+        if self.config.potential == Potential.diff:  # resampled prompts restart from their rewards
+            self.carried = torch.where(resampled.repeat_interleave(k), rewards, self.carried)
+        stats = {
+            "ess_mean": ess.mean(),
+            "resampled_fraction": resampled.float().mean(),
+            "estimate_reward_mean": rewards.mean(),
+        }
+        return Resampling(ancestors=ancestors, stats=stats)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.carried = self.carried.index_select(0, rows)
