@@ -2,7 +2,8 @@
 
 Shared by the sampler's commit step and by guidance's hard-token draws, which together run it
 M + 1 times per denoising step over every masked position: it must cost a few passes over the
-vocabulary, not a sort. Randomness comes in as explicit uniforms (from the counter-based
+vocabulary, not a sort. `draw_log_prob` gives the probability of a draw under the same filtering
+(the importance weights of `guidance=entrgi-smc`). Randomness comes in as explicit uniforms (from the counter-based
 streams of `entrgi.noise`), so a row's sample does not depend on the batch it sits in.
 
 Probability mass is counted in integers (`MASS_BITS` fractional bits): integer sums are exact
@@ -47,18 +48,10 @@ def sample_filtered(
     (greedy decoding; ties to the lowest id) instead of drawing. `distribution=False` skips
     building the distribution (returned as None).
     """
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     lead, vocab = logits.shape[:-1], logits.shape[-1]
     if uniform is not None and uniform.shape != lead:
         raise ValueError(f"uniform must have shape {tuple(lead)}, got {tuple(uniform.shape)}")
-    probs = torch.softmax(logits.detach().float().reshape(-1, vocab), dim=-1)
-    probs.nan_to_num_(nan=1.0 / vocab)  # a NaN softmax is NaN in the whole row: read it as uniform
-    mass = (probs * float(1 << MASS_BITS)).long()  # exact: a power-of-two scale, then truncation
-    if top_p < 1.0:
-        mass = mass * nucleus_mask(probs, mass, top_p)
-    if top_k is not None and top_k < vocab:
-        mass = mass * (probs >= probs.topk(top_k, dim=-1).values[:, -1:])
+    probs, mass = _filtered_mass(logits, top_p, top_k)
     filtered = None
     if distribution or uniform is None:
         kept = torch.where(mass > 0, probs, torch.zeros_like(probs))
@@ -68,6 +61,55 @@ def sample_filtered(
     cdf = torch.cumsum(mass, dim=-1)
     target = (uniform.detach().reshape(-1, 1).double() * cdf[:, -1:]).long()  # in [0, total) for u in (0, 1)
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).reshape(lead), filtered
+
+
+def draw_logits(logits: Tensor, temperature: float, excluded: int) -> Tensor:
+    """What the sampler's commit step draws from: logits / τ (τ = 0, greedy: / 1), in their dtype, with the
+    token `excluded` (<mask>: committing it would re-mask) at -inf. A new tensor; `logits` [..., V] is not changed."""
+    scaled = logits / (temperature or 1.0)
+    scaled[..., excluded] = float("-inf")
+    return scaled
+
+
+def draw_log_prob(
+    logits: Tensor, tokens: Tensor, greedy: bool, top_p: float = 1.0, top_k: int | None = None
+) -> Tensor:
+    """log P(`sample_filtered(logits, u, top_p, top_k)` returns `tokens`) [...], float32, for logits [..., V].
+
+    Drawn (u uniform in (0, 1), `greedy=False`): the log of the filtered, renormalised distribution
+    at the token, computed in log space (log-softmax minus the log-sum-exp over the kept tokens), and
+    -inf for a token outside the top-p / top-k set, which is never drawn. The draw itself runs on
+    integer masses truncated at 2^-`MASS_BITS`, which move each probability by less than that.
+    Greedy (u = None): 0 at the argmax of the filtered distribution, -inf elsewhere.
+    """
+    lead, vocab = logits.shape[:-1], logits.shape[-1]
+    token = tokens.reshape(-1, 1)
+    probs, mass = _filtered_mass(logits, top_p, top_k)
+    kept = mass > 0
+    if greedy:
+        chosen = torch.where(kept, probs, torch.zeros_like(probs)).argmax(dim=-1, keepdim=True)
+        log_prob = torch.where(chosen == token, 0.0, float("-inf"))
+    else:
+        log_probs = torch.log_softmax(logits.detach().float().reshape(-1, vocab), dim=-1)
+        total = torch.logsumexp(log_probs.masked_fill(~kept, float("-inf")), dim=-1, keepdim=True)
+        log_prob = torch.where(kept.gather(-1, token), log_probs.gather(-1, token) - total, float("-inf"))
+    return log_prob.reshape(lead)
+
+
+def _filtered_mass(logits: Tensor, top_p: float, top_k: int | None) -> tuple[Tensor, Tensor]:
+    """(probabilities, integer masses) [R, V] of logits [..., V] flattened to rows: the masses are
+    zero outside the top-p nucleus and the top-k set, so a token is kept iff its mass is > 0."""
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    vocab = logits.shape[-1]
+    probs = torch.softmax(logits.detach().float().reshape(-1, vocab), dim=-1)
+    probs.nan_to_num_(nan=1.0 / vocab)  # a NaN softmax is NaN in the whole row: read it as uniform
+    mass = (probs * float(1 << MASS_BITS)).long()  # exact: a power-of-two scale, then truncation
+    if top_p < 1.0:
+        mass = mass * nucleus_mask(probs, mass, top_p)
+    if top_k is not None and top_k < vocab:
+        mass = mass * (probs >= probs.topk(top_k, dim=-1).values[:, -1:])
+    return probs, mass
 
 
 def nucleus_mask(probs: Tensor, mass: Tensor, top_p: float) -> Tensor:

@@ -187,7 +187,8 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
             progress.update(len(batch))
     step_means: dict[str, list[float]] = {}
     for row in state.steps:
-        for key in ("entropy_mean", "w_mean", "E_mean", "D_mean", "ess_mean", "resampled_fraction"):
+        for key in ("entropy_mean", "w_mean", "E_mean", "D_mean", "ess_mean", "resampled_fraction",
+                    "zero_weight_fraction", "log_importance_mean"):
             if key in row:
                 step_means.setdefault(key, []).append(row[key])
     top1 = [r["top1"] for r in state.records]

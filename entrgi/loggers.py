@@ -92,10 +92,11 @@ def _logged_in() -> bool:
 def step_metrics(row: dict[str, Any], index: int) -> dict[str, Any]:
     """One steps.jsonl row as W&B metrics under `denoise/`, x-axis `denoise/index` (steps of all batches in order)."""
     metrics = {"denoise/index": index}
-    for key in ("step", "batch", "t", "masked", "resampled_fraction"):
+    for key in ("step", "batch", "t", "masked", "resampled_fraction", "zero_weight_fraction"):
         if key in row:
             metrics[f"denoise/{key}"] = row[key]
-    for key in ("entropy_mean", "w_mean", "E_mean", "D_mean", "ess_mean", "estimate_reward_mean"):
+    for key in ("entropy_mean", "w_mean", "E_mean", "D_mean", "ess_mean", "estimate_reward_mean",
+                "log_importance_mean"):
         if key in row:
             metrics[f"denoise/{key.removesuffix('_mean')}"] = row[key]
     curve = row.get("reward_curve") or []

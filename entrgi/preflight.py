@@ -166,17 +166,21 @@ def check_inputs(cfg: DictConfig, prompts: list[Prompt]) -> list[Prompt]:
     model = check_checkpoint(cfg.model.path, "model.path", cfg.model.get("config_keys"),
                              cfg.model.get("tokenizer_class"))
     reward = check_checkpoint(cfg.reward.path, "reward.path", None, cfg.reward.get("tokenizer_class"))
-    min_coverage = OmegaConf.select(cfg, "guidance.min_coverage", default=None)
-    if min_coverage is not None:  # the guidance feeds the RM dLLM tokens: check the bridge
+    # The guidance feeds the RM dLLM tokens (a reward-gradient proposal inside SMC holds its key under proposal):
+    # check the bridge.
+    key = next((k for k in ("guidance.min_coverage", "guidance.proposal.min_coverage")
+                if OmegaConf.select(cfg, k, default=None) is not None), None)
+    if key is not None:
+        min_coverage = OmegaConf.select(cfg, key)
         vocab_size = int(model.config.get("vocab_size") or len(model.tokenizer))
         coverage = build_vocab_bridge(model.tokenizer, reward.tokenizer, vocab_size).coverage
         if coverage < min_coverage:
-            raise ConfigError(f"guidance.min_coverage={min_coverage}: only {coverage:.4f} of the dLLM vocabulary "
+            raise ConfigError(f"{key}={min_coverage}: only {coverage:.4f} of the dLLM vocabulary "
                               f"(model.path={cfg.model.path}) maps exactly into the RM's "
                               f"(reward.path={cfg.reward.path})")
         if coverage < COVERAGE_WARNING:
             log.warning("only %.2f%% of the dLLM's tokens map exactly into the RM vocabulary; the rest reach the "
-                        "RM as its unknown token (guidance.min_coverage sets a floor)", 100 * coverage)
+                        "RM as its unknown token (%s sets a floor)", 100 * coverage, key)
     prompts = fit_context(cfg, prompts, model, reward)
     check_judges(cfg.evaluator, prompts)
     return prompts

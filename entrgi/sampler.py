@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from entrgi.categorical import sample_filtered
+from entrgi.categorical import draw_logits, sample_filtered
 from entrgi.guidance import Committed, Guidance, GuidanceContext
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
@@ -135,8 +135,7 @@ class DiffusionSampler:
             positions = context.positions
             rows = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
             temperature, top_p, top_k = self.config.temperature, self.config.top_p, self.config.top_k
-            scaled = steered.logits.gather(1, rows) / (temperature or 1.0)
-            scaled[..., self.model.mask_token_id] = float("-inf")  # committing <mask> would re-mask
+            scaled = draw_logits(steered.logits.gather(1, rows), temperature, self.model.mask_token_id)
             uniforms = None if temperature == 0 else noise.uniform(Stream.COMMIT_TOKEN, step, length)
             drawn, drawn_probs = sample_filtered(
                 scaled, None if uniforms is None else uniforms.gather(1, positions), top_p, top_k,
@@ -150,8 +149,11 @@ class DiffusionSampler:
             canvas[:, start:] = torch.where(commit, tokens, response)
             stats = {"masked": masked.sum(-1).float().mean(), **steered.stats}
             if step + 1 < self.schedule.steps:  # resampling the finished responses would only duplicate some
-                committed = Committed(step, canvas[:, start:], self.model.mask_token_id, steered.logits, tokens,
-                                      noise, self.num_samples)
+                committed = Committed(
+                    step, canvas[:, start:], self.model.mask_token_id, steered.logits, tokens, noise, self.num_samples,
+                    unguided=logits, commit=commit, planned=self.plan[step], temperature=temperature, top_p=top_p,
+                    top_k=top_k,
+                )
                 stats |= self._resample(canvas, committed)
             per_step.append(stats)
         return Denoised(steps=per_step, nonfinite=nonfinite)

@@ -101,6 +101,9 @@ def test_coverage_is_decided_from_the_tokenizers(compose, caplog):
     assert any("92.45% of the dLLM's tokens map exactly" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConfigError, match=r"guidance.min_coverage=0.93: only 0.9245 of the dLLM vocabulary"):
         check_inputs(compose(["experiment=tiny", "guidance=entrgi", "guidance.min_coverage=0.93"]), prompts)
+    with pytest.raises(ConfigError, match=r"guidance.proposal.min_coverage=0.93: only 0.9245"):  # inside SMC
+        check_inputs(compose(["experiment=tiny", "guidance=entrgi-smc", "guidance.proposal.min_coverage=0.93"]),
+                     prompts)
 
 
 def test_a_prompt_too_long_is_refused_or_cut_from_the_left(compose, caplog):

@@ -1,11 +1,13 @@
-"""Nucleus sampling from explicit uniforms, against hand-computed draws."""
+"""Nucleus sampling from explicit uniforms, against hand-computed draws; the log-probability of a draw."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from entrgi.categorical import MASS_BITS, nucleus_mask, sample_filtered, sample_nucleus
+from entrgi.categorical import MASS_BITS, draw_log_prob, nucleus_mask, sample_filtered, sample_nucleus
 
 NINF = float("-inf")
 
@@ -144,3 +146,24 @@ def test_the_top_token_is_kept_however_tiny_top_p_is():
         assert torch.equal(sample_nucleus(logits, u, top_p, top_k=5), logits.argmax(-1)), top_p
     ties = torch.tensor([0.0, 2.0, 1.0, 2.0]).expand(3, 4)  # two top tokens: the first in vocabulary order
     assert sample_nucleus(ties, torch.tensor([0.01, 0.5, 0.99]), 1e-13).tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("top_p,top_k", [(1.0, None), (0.9, None), (0.5, None), (0.95, 20), (1.0, 3)])
+def test_draw_log_prob_is_the_log_of_the_filtered_distribution(top_p, top_k):
+    """For every token: exp(log-probability) equals the distribution the draw uses, 0 (−inf) off its support."""
+    logits = torch.randn(40, 64, generator=torch.Generator().manual_seed(8)) * 3
+    logits[:, 5] = NINF
+    filtered = sample_filtered(logits, None, top_p, top_k)[1]
+    tokens = torch.arange(64).expand(40, 64)
+    log_prob = draw_log_prob(logits[:, None, :].expand(40, 64, 64), tokens, False, top_p, top_k)
+    assert torch.equal(log_prob == NINF, filtered == 0)
+    assert torch.allclose(log_prob.exp(), filtered, rtol=1e-5, atol=1e-7)
+
+
+def test_draw_log_prob_by_hand_and_greedy():
+    # probs [0.05, 0.5, 0.15, 0.3], nucleus at top_p 0.7: {1, 3}, renormalised 0.5/0.8 and 0.3/0.8
+    logits = torch.tensor([0.05, 0.5, 0.15, 0.3]).log().expand(4, 4)
+    tokens = torch.tensor([0, 1, 2, 3])
+    expected = [NINF, math.log(0.625), NINF, math.log(0.375)]
+    assert draw_log_prob(logits, tokens, False, 0.7).tolist() == pytest.approx(expected)
+    assert draw_log_prob(logits, tokens, True, 0.7).tolist() == [NINF, 0.0, NINF, NINF]  # the argmax, surely

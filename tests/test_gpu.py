@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import guidance_config
 
-from entrgi.guidance import FKConfig, FKGuidance, RewardGradientGuidance
+from entrgi.guidance import FKConfig, FKGuidance, RewardGradientGuidance, SMCConfig, SMCGuidance
 from entrgi.models import DiffusionLM, DiffusionLMConfig
 from entrgi.noise import TrajectoryNoise
 from entrgi.rewards import RewardModel, RewardModelConfig
@@ -81,4 +81,26 @@ def test_fk_resampling_never_syncs_with_the_device(bf16_models, resampling):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert [("ess_mean" in row) for row in steps] == [True, True, True, False]
+    assert (canvas[:, -6:] != model.mask_token_id).all()
+
+
+@pytest.mark.parametrize("temperature", [0.7, 0.0])
+def test_smc_never_syncs_with_the_device(bf16_models, temperature):
+    """entrgi-smc: the guided proposal, its importance ratios (drawn or greedy), weights and resampling, on the GPU."""
+    model, reward = bf16_models
+    config = SMCConfig(proposal=guidance_config(rule="entrgi", M=2, temperature=0.7),
+                       steering=FKConfig(resample_every=2, ess_threshold=0.9))
+    guidance = SMCGuidance(config, model=model, reward=reward)
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6, temperature=temperature), model=model,
+                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
+    canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
+    guidance.begin_batch(PROMPTS, 2, 6)
+    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2, device=canvas.device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        steps = sampler.denoise(canvas, attention, noise).steps
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [("log_importance_mean" in row) for row in steps] == [True, True, True, False]
     assert (canvas[:, -6:] != model.mask_token_id).all()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import guidance_config, nan_from_call
 
-from entrgi.guidance import FKConfig, FKGuidance, NoGuidance, RewardGradientGuidance
+from entrgi.guidance import FKConfig, FKGuidance, NoGuidance, RewardGradientGuidance, SMCConfig, SMCGuidance
 from entrgi.noise import TrajectoryNoise
 from entrgi.sampler import DiffusionSampler, SamplerConfig
 from entrgi.schedule import (
@@ -107,3 +107,21 @@ def test_resampling_reads_nothing_back(random_model, random_reward, resampling, 
     with host_reads_forbidden():
         steps = sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2)).steps
     assert [("resampled_fraction" in row) for row in steps] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("temperature", [0.7, 0.0])
+@pytest.mark.parametrize("schedule", [EntropySchedule, OriginSchedule])
+def test_smc_reads_nothing_back(random_model, random_reward, schedule, temperature):
+    """entrgi-smc: guided proposal, importance ratios at the committed positions (planned or not, drawn or
+    greedy), weights and resampling, all on the device."""
+    config = SMCConfig(proposal=guidance_config(rule="entrgi", M=2, temperature=0.7),
+                       steering=FKConfig(resample_every=2, ess_threshold=0.9))
+    guidance = SMCGuidance(config, model=random_model, reward=random_reward)
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6, temperature=temperature),
+                               model=random_model, schedule=schedule(ScheduleConfig(steps=4)), guidance=guidance)
+    prompts = ["Describe the cat.", "Why is the old robot happy?"]
+    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
+    guidance.begin_batch(prompts, 2, 6)
+    with host_reads_forbidden():
+        steps = sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2)).steps
+    assert [("log_importance_mean" in row) for row in steps] == [True, True, True, False]

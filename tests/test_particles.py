@@ -281,7 +281,9 @@ def test_estimates_fill_the_masked_positions(toy_model, toy_reward):
     logits[0, :, mask] = 9.0  # the largest logit is <mask>'s: it must not be chosen
     logits[0, 1, 7] = 3.0
     logits[0, 2, 8] = 3.0
-    committed = Committed(0, response, mask, logits, torch.tensor([[6, 11, 12]]), None, 1)
+    committed = Committed(0, response, mask, logits, torch.tensor([[6, 11, 12]]), None, 1, unguided=logits,
+                          commit=torch.tensor([[False, False, False]]), planned=None, temperature=0.7, top_p=0.95,
+                          top_k=None)
     assert _fk(toy_model, toy_reward).estimate(committed).tolist() == [[5, 7, 8]]
     assert _fk(toy_model, toy_reward, estimate="sample").estimate(committed).tolist() == [[5, 11, 12]]
 

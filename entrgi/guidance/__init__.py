@@ -1,4 +1,5 @@
-"""Guidance methods: none (Best-of-N), reward-gradient guidance (soft, APS, EntRGi), Feynman–Kac steering (fk)."""
+"""Guidance methods: none (Best-of-N), reward-gradient guidance (soft, APS, EntRGi), Feynman–Kac steering (fk),
+and the two composed: a reward-gradient proposal inside FK SMC (entrgi-smc, soft-smc, aps-smc)."""
 
 from entrgi.guidance.base import (
     Committed,
@@ -11,6 +12,7 @@ from entrgi.guidance.base import (
 )
 from entrgi.guidance.fk import FKConfig, FKGuidance
 from entrgi.guidance.reward_gradient import RewardGradientConfig, RewardGradientGuidance
+from entrgi.guidance.smc import SMCConfig, SMCGuidance
 
 __all__ = [
     "Committed",
@@ -23,5 +25,7 @@ __all__ = [
     "Resampling",
     "RewardGradientConfig",
     "RewardGradientGuidance",
+    "SMCConfig",
+    "SMCGuidance",
     "Steered",
 ]

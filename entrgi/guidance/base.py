@@ -42,9 +42,15 @@ class GuidanceContext:
 
 def masked_positions(masked: torch.Tensor, planned: tuple[int, int] | None) -> torch.Tensor:
     """Column indices [N, F] of the masked positions when their count F is known, else of all."""
-    if planned is None:
-        return torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
-    return torch.sort(masked.to(torch.uint8), dim=-1, descending=True, stable=True).indices[:, : planned[0]]
+    return true_columns(masked, None if planned is None else planned[0])
+
+
+def true_columns(mask: torch.Tensor, count: int | None) -> torch.Tensor:
+    """Column indices [N, count] of the True entries of mask [N, L] when every row holds `count` of them
+    (in column order), else (None) all L columns."""
+    if count is None:
+        return torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.sort(mask.to(torch.uint8), dim=-1, descending=True, stable=True).indices[:, :count]
 
 
 @dataclass
@@ -66,11 +72,22 @@ class Committed:
     drawn: torch.Tensor  # [N, L] this step's draw (sampler τ, top-p, top-k) at every position masked before the commit
     noise: TrajectoryNoise
     num_samples: int  # K: rows b*K .. b*K + K - 1 are the particles of prompt b
+    unguided: torch.Tensor  # [N, L, V] this step's logits from the dLLM, before the guidance
+    commit: torch.Tensor  # [N, L] bool, the positions this step committed
+    planned: tuple[int, int] | None  # this step's (masked, committed) counts when known in advance (GuidanceContext)
+    temperature: float  # τ, top-p and top-k of the draw: `entrgi.categorical.draw_log_prob` gives its probabilities
+    top_p: float
+    top_k: int | None
 
     @property
     def masked(self) -> torch.Tensor:
         """[N, L] bool, the positions still masked after the commit."""
         return self.response == self.mask_token_id
+
+    def committed_columns(self) -> torch.Tensor:
+        """Column indices [N, C] of the positions this step committed when their count C is planned, else
+        all L columns (then `commit` says which)."""
+        return true_columns(self.commit, None if self.planned is None else self.planned[1])
 
 
 @dataclass

@@ -36,6 +36,14 @@ it may resample: every step when `ess_threshold` > 0, else every `resample_every
 `resample_every=null` and `ess_threshold=0` it never scores nor resamples: Best-of-N, exactly
 `guidance=none`'s samples.
 
+**A proposal** (`entrgi.guidance.smc`). When the particles are drawn from another distribution than
+the model's, `resample` is given each step's log importance ratio log p/q [N]; a particle's
+log-weight then adds the ratios summed over the steps since its prompt was last resampled (a
+resampled prompt restarts them at 0, its copies weighing equally). A prompt all of whose
+particles have weight 0 (log-ratio −∞: each committed a token the model's filtered distribution
+excludes) carries no information in its ratios: they are dropped (restarted at 0), and its
+potential alone weighs it.
+
 Two departures from the paper's reference code (which resamples at the last step too, dividing
 the `max`/`sum` weights there by the product of earlier potentials so that the final particles
 target p(x)·exp(λ r(x))): no final resampling, hence no correction; and under ESS-triggered
@@ -105,15 +113,18 @@ class FKGuidance(Guidance):
     Built from an `FKConfig` and the dLLM and RM it reads (one device, else ConfigError).
     """
 
-    def __init__(self, config: FKConfig, *, model: DiffusionLM, reward: RewardModel):
+    def __init__(self, config: FKConfig, *, model: DiffusionLM, reward: RewardModel,
+                 bridged: BridgedReward | None = None):
+        """`bridged`: the RM as read in dLLM ids, when another method already built it (its table is [V, d])."""
         super().__init__(config)
-        self.bridged = BridgedReward(model, reward)
+        self.bridged = bridged or BridgedReward(model, reward)
         self.layout = None
         self.carried: torch.Tensor | None = None  # [N] hᵢ, per particle
+        self.log_ratio: torch.Tensor | None = None  # [N] Σ log p/q since the prompt's last resampling, with a proposal
 
     def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
         self.layout = self.bridged.reward.layout(prompts, num_samples, response_length)
-        self.carried = None
+        self.carried = self.log_ratio = None
 
     def _plan(self, step: int) -> tuple[bool, bool]:
         """(score at this step, resample every prompt on the schedule), decided on the host from the config."""
@@ -130,7 +141,11 @@ class FKGuidance(Guidance):
             fill = torch.where(first == committed.mask_token_id, second, first)
         return torch.where(committed.masked, fill, committed.response)
 
-    def resample(self, committed: Committed) -> Resampling | None:
+    def resample(self, committed: Committed, log_ratio: torch.Tensor | None = None) -> Resampling | None:
+        """Score, weigh and maybe resample after a step (module docstring). `log_ratio` [N] (float32): this
+        step's log p/q of a proposal, accumulated at every step, scored or not; None without a proposal."""
+        if log_ratio is not None:
+            self.log_ratio = log_ratio if self.log_ratio is None else self.log_ratio + log_ratio
         score, scheduled = self._plan(committed.step)
         if not score:
             return None
@@ -145,6 +160,9 @@ class FKGuidance(Guidance):
             self.carried = combine(self.carried, rewards)
             potential = self.carried
         log_weights = (self.config.strength * potential).view(-1, k)  # [B, K]
+        stats = {}
+        if self.log_ratio is not None:
+            log_weights, stats = self._importance(log_weights, k)
         ess = effective_sample_size(log_weights)
         resampled = (ess < self.config.ess_threshold * k) | scheduled  # [B]
         prompts = committed.noise.per_prompt(k)
@@ -156,12 +174,30 @@ class FKGuidance(Guidance):
         ancestors = torch.where(resampled[:, None], drawn, identity)
         if self.config.potential == Potential.diff:  # resampled prompts restart from their rewards
             self.carried = torch.where(resampled.repeat_interleave(k), rewards, self.carried)
-        stats = {
+        if self.log_ratio is not None:  # and with equal weights
+            self.log_ratio = torch.where(resampled.repeat_interleave(k), 0.0, self.log_ratio)
+        stats |= {
             "ess_mean": ess.mean(),
             "resampled_fraction": resampled.float().mean(),
             "estimate_reward_mean": rewards.mean(),
         }
         return Resampling(ancestors=ancestors, stats=stats)
 
+    def _importance(self, log_weights: torch.Tensor, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Log-weights [B, K] with the accumulated log p/q added, the ratios of prompts whose particles all
+        have weight 0 dropped first; and their statistics: the share of particles at weight 0 and the mean
+        accumulated log p/q of the others."""
+        ratio = self.log_ratio.view(-1, k)
+        zero = ratio == float("-inf")
+        live = ~zero
+        self.log_ratio = torch.where(zero.all(-1, keepdim=True), 0.0, ratio).view(-1)
+        stats = {
+            "zero_weight_fraction": zero.float().mean(),
+            "log_importance_mean": torch.where(live, ratio, 0.0).sum() / live.sum().clamp(min=1),
+        }
+        return log_weights + self.log_ratio.view(-1, k), stats
+
     def reorder(self, rows: torch.Tensor) -> None:
         self.carried = self.carried.index_select(0, rows)
+        if self.log_ratio is not None:
+            self.log_ratio = self.log_ratio.index_select(0, rows)

@@ -59,7 +59,7 @@ class RewardGradientConfig(GuidanceConfig):
     _target_: str = "entrgi.guidance.RewardGradientGuidance"
     # A weight rule registered with `entrgi.guidance.mix.weight_rule` (soft, aps, entrgi built in).
     rule: str = registered("entrgi", WEIGHT_RULES)
-    M: int = ranged(3, low=1)
+    M: int = ranged(3, low=0)
     eta: float = ranged(0.5, low=0.0, low_open=True)
     optimizer: Optimizer = Optimizer.adam
     every: int = ranged(1, low=1)
@@ -81,7 +81,8 @@ class RewardGradientGuidance(Guidance):
     Built from a `RewardGradientConfig` and the dLLM and RM it works with. The config's fields:
 
         rule: a registered weight rule: soft (w = 0), aps (w = 1), entrgi (w = normalised entropy), …
-        M, eta, optimizer: gradient steps per guided denoising step, learning rate, optimiser.
+        M, eta, optimizer: gradient steps per guided denoising step (0: the logits as they are),
+            learning rate, optimiser.
         every: guide denoising steps 0, every, 2·every, ... (1 = all, as in the paper).
         keep: return the last iterate (the reference, unscored) or, per trajectory, the iterate
             with the best relaxed RM score, the last one included (one more RM forward).
@@ -94,9 +95,11 @@ class RewardGradientGuidance(Guidance):
         min_coverage: fail when fewer dLLM tokens than this map exactly into the RM vocabulary.
     """
 
-    def __init__(self, config: RewardGradientConfig, *, model: DiffusionLM, reward: RewardModel):
+    def __init__(self, config: RewardGradientConfig, *, model: DiffusionLM, reward: RewardModel,
+                 bridged: BridgedReward | None = None):
+        """`bridged`: the RM as read in dLLM ids, when another method already built it (its table is [V, d])."""
         super().__init__(config)
-        self.bridged = BridgedReward(model, reward)
+        self.bridged = bridged or BridgedReward(model, reward)
         self.reward = reward
         lookup_rule(config.rule)  # unknown names fail here, before any model work
         self.optimizer_cls = _OPTIMIZERS[config.optimizer]
@@ -154,7 +157,7 @@ class RewardGradientGuidance(Guidance):
         return mix, hard, ent, weight
 
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
-        if context.step % self.config.every or self.config.temperature == 0:
+        if context.step % self.config.every or self.config.temperature == 0 or self.config.M == 0:
             return Steered(logits=logits, stats={})
         masked, response = context.masked, context.response
         vocab = logits.shape[-1]
