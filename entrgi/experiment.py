@@ -100,6 +100,7 @@ def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
+    logger = build(cfg.logger)  # decides the W&B mode (refuses a bad WANDB_MODE) before anything loads
     # Locate both checkpoints and every judge's before loading any: a missing 7B fails in seconds
     # (check_inputs then checks the folders' files and tokenizers against the prompts).
     resolve_checkpoint(cfg.model.path, "model.path")
@@ -126,7 +127,6 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     reward: RewardModel = build(cfg.reward)
     guidance = build(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
-    logger = build(cfg.logger)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     logger.start(config, run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
     summary, completed = None, False
@@ -161,30 +161,30 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
     resumed = len(state.records)
     started = time.perf_counter()
     snapshot: dict[str, Any] = {}  # additive artifacts as of the previous batch of this attempt
-    progress = tqdm(total=resumed + len(prompts), initial=resumed, desc=f"{cfg.name} prompts", unit="prompt")
-    for first in range(0, len(prompts), batch_size):
-        batch_index = state.next_batch
-        batch = prompts[first : first + batch_size]
-        generation = sampler.generate([p.text for p in batch], [p.id for p in batch], seed=cfg.seed)
-        texts = [sampler.model.decode(row) for row in generation.responses.tolist()]
-        rewards = reward.score_texts([p.text for p in batch for _ in range(k)], texts).tolist()
-        records = [
-            _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k], batch_index, len(batch))
-            for i, p in enumerate(batch)
-        ]
-        steps = [{"batch": batch_index, **row} for row in generation.steps]
-        parts = {}
-        for name, content in guidance.artifacts().items():
-            if additive(content):
-                parts[name] = counts_increment(content, snapshot.get(name))
-                snapshot[name] = content
-        run_dir.append_batch(records, steps, parts)
-        state.records += records
-        state.steps += steps
-        state.parts.append(parts)
-        logger.log_batch(records, steps)
-        progress.update(len(batch))
-    progress.close()
+    # closed on the way out too, so a stopped job's last line (entrgi.run) is not written behind the bar
+    with tqdm(total=resumed + len(prompts), initial=resumed, desc=f"{cfg.name} prompts", unit="prompt") as progress:
+        for first in range(0, len(prompts), batch_size):
+            batch_index = state.next_batch
+            batch = prompts[first : first + batch_size]
+            generation = sampler.generate([p.text for p in batch], [p.id for p in batch], seed=cfg.seed)
+            texts = [sampler.model.decode(row) for row in generation.responses.tolist()]
+            rewards = reward.score_texts([p.text for p in batch for _ in range(k)], texts).tolist()
+            records = [
+                _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k], batch_index, len(batch))
+                for i, p in enumerate(batch)
+            ]
+            steps = [{"batch": batch_index, **row} for row in generation.steps]
+            parts = {}
+            for name, content in guidance.artifacts().items():
+                if additive(content):
+                    parts[name] = counts_increment(content, snapshot.get(name))
+                    snapshot[name] = content
+            run_dir.append_batch(records, steps, parts)
+            state.records += records
+            state.steps += steps
+            state.parts.append(parts)
+            logger.log_batch(records, steps)
+            progress.update(len(batch))
     step_means: dict[str, list[float]] = {}
     for row in state.steps:
         for key in ("entropy_mean", "w_mean", "E_mean", "D_mean"):

@@ -77,4 +77,5 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("guidance.min_coverage above the coverage", ["guidance=entrgi", "guidance.min_coverage=0.99"],
          "guidance.min_coverage"),
         ("top_p out of range", ["sampler.top_p=1.5"], "sampler.top_p"),
+        ("W&B init_timeout of zero", ["logger=wandb", "logger.init_timeout=0"], "logger.init_timeout"),
     ]
