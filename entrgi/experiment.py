@@ -100,6 +100,7 @@ def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
+    logger = build(cfg.logger)  # decides the W&B mode (refuses a bad WANDB_MODE) before anything loads
     # Locate both checkpoints and every judge's before loading any: a missing 7B fails in seconds
     # (check_inputs then checks the folders' files and tokenizers against the prompts).
     resolve_checkpoint(cfg.model.path, "model.path")
@@ -126,7 +127,6 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     reward: RewardModel = build(cfg.reward)
     guidance = build(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
-    logger = build(cfg.logger)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     logger.start(config, run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
     summary, completed = None, False

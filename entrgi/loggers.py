@@ -9,6 +9,11 @@ One job is one W&B run across restarts: its id comes from the job directory (`wa
 the run is opened with W&B's own `resume="allow"`, so a resumed job, and `python -m
 entrgi.evaluate` adding judges' scores later, continue the job's run. A resumed job hands its
 earlier attempts' batches to `resume`, which logs them only when W&B holds none of this run yet.
+
+W&B never loses or stalls a job: the mode is decided when the logger is built, before any model
+loads (`wandb_mode`: a bad WANDB_MODE is refused there, online without an API key runs
+offline), and an online `wandb.init` that fails or outlasts `logger.init_timeout` is said in
+one warning and replaced by an offline run of the same id (upload it later with `wandb sync`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import netrc
 import os
 import re
 from collections.abc import Iterable
@@ -27,6 +31,7 @@ from typing import Any
 
 from entrgi.run_directory import METADATA
 from entrgi.schemas import schema
+from entrgi.validation import ConfigError, ranged
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +81,54 @@ class WandbLoggerConfig:
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
-    # auto: WANDB_MODE if set, else online when an API key is configured, else offline.
+    # auto: WANDB_MODE if set, else online when an API key is configured, else offline (`wandb_mode`).
     mode: WandbMode = WandbMode.auto
+    # Seconds an online wandb.init may wait for the server before the job goes on offline.
+    init_timeout: float = ranged(30.0, low=0, low_open=True)
 
 
-def _logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+# What WANDB_MODE may say, and the mode it means (dryrun and run are W&B's older names).
+ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "dryrun": "offline", "run": "online"}
+
+
+def api_key_available() -> bool:
+    """Whether W&B holds credentials without asking anyone: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE,
+    or a netrc entry (`wandb login`) for its server (WANDB_BASE_URL, else W&B's default), read by
+    W&B's own netrc reader. Nothing is sent over the network."""
+    import wandb
+    from wandb.sdk.lib.wbauth import read_netrc_auth
+
+    if os.environ.get(wandb.env.API_KEY) or os.environ.get(wandb.env.IDENTITY_TOKEN_FILE):
         return True
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
+        return read_netrc_auth(host=os.environ.get(wandb.env.BASE_URL) or wandb.Settings().base_url) is not None
+    except wandb.errors.AuthenticationError:  # an entry W&B would refuse
         return False
+
+
+def wandb_mode(config: WandbLoggerConfig) -> str:
+    """The W&B mode of a job, "online", "offline" or "disabled", decided before any model loads.
+
+    `logger.mode` online/offline/disabled is taken as it is; auto follows WANDB_MODE when it is
+    set (an empty value counts as unset), else goes online when `api_key_available()`, else
+    offline. Online without an API key (where W&B would stop the job or prompt for a key) is
+    said in one warning and runs offline.
+
+    Raises ConfigError when WANDB_MODE is set to a value W&B refuses, whatever `logger.mode` says
+    (W&B reads the variable at every `wandb.init`).
+    """
+    env = os.environ.get("WANDB_MODE", "")
+    if env and env not in ENV_MODES:
+        raise ConfigError(f"WANDB_MODE={env!r} is not allowed: expected one of {', '.join(ENV_MODES)}, "
+                          "or leave it unset")
+    mode = str(config.mode)  # str(): the value of a string enum too
+    if mode == "auto":
+        mode = ENV_MODES[env] if env else "online" if api_key_available() else "offline"
+    if mode == "online" and not api_key_available():
+        log.warning("W&B: online mode but no API key (set WANDB_API_KEY or run `wandb login`); "
+                    "logging offline into the job directory (upload later with `wandb sync`)")
+        return "offline"
+    return mode
 
 
 def step_metrics(row: dict[str, Any], index: int) -> dict[str, Any]:
@@ -172,28 +214,37 @@ class WandbLogger(NullLogger):
 
     def __init__(self, config: WandbLoggerConfig):
         super().__init__(config)
+        self.mode = wandb_mode(config)
         self.run = None
         self.output_dir: Path | None = None
         self._samples: list[dict[str, Any]] = []
         self._judged: dict[str, dict[str, Any]] = {}  # judge name -> {prompt id: its score of the best response}
         self._steps_logged = 0
 
-    def resolved_mode(self) -> str:
-        if self.config.mode != WandbMode.auto:
-            return str(self.config.mode)
-        return os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
-
     def start(self, config, output_dir, name):
+        """Open the run in `self.mode`; online, a `wandb.init` that fails or outlasts
+        `logger.init_timeout` seconds is said in one warning and the run opens offline, same id."""
         import wandb
 
         self.output_dir = Path(output_dir)
         self._samples, self._judged, self._steps_logged = [], {}, 0
-        self.run = wandb.init(
-            project=self.config.project, entity=self.config.entity, group=self.config.group,
-            tags=list(self.config.tags), name=name,
-            config=config, dir=str(output_dir), mode=self.resolved_mode(), id=wandb_run_id(self.output_dir),
-            resume="allow",
-        )
+        if os.environ.get("WANDB_MODE") == "":
+            del os.environ["WANDB_MODE"]  # W&B refuses an empty value; unset means the same (`wandb_mode`)
+        init = dict(project=self.config.project, entity=self.config.entity, group=self.config.group,
+                    tags=list(self.config.tags), name=name, config=config, dir=str(output_dir),
+                    id=wandb_run_id(self.output_dir), resume="allow")
+        mode = self.mode
+        if mode == "online":
+            try:
+                self.run = wandb.init(**init, mode=mode, settings=wandb.Settings(init_timeout=self.config.init_timeout))
+            except Exception as error:  # whatever stops W&B from reaching its server must not stop the job
+                log.warning("W&B: could not start the run online within logger.init_timeout=%gs (%s: %s); logging "
+                            "offline into %s/wandb (upload later with `wandb sync`)", self.config.init_timeout,
+                            type(error).__name__, str(error).splitlines()[0] if str(error) else "", output_dir)
+                wandb.teardown()  # let go of the half-started online session before the offline one
+                mode = "offline"
+        if mode != "online":
+            self.run = wandb.init(**init, mode=mode)
         self.run.define_metric("denoise/index")
         self.run.define_metric("denoise/*", step_metric="denoise/index")
         self.run.define_metric("prompts_done")

@@ -7,14 +7,22 @@ job ends on an error a user can fix (a bad value, missing weights) or on NaN / i
 (`entrgi.nonfinite`) with one line on stderr and exit code 2. In a multirun a failing job raises
 to Hydra, which marks it failed and goes on with the others; the sweep exits with code 1 once
 every job has ended, and `<sweep dir>/sweep.json` lists each job's state and error.
+
+SIGTERM (what SLURM sends at a time-out or preemption, and `kill`'s default) stops a job as
+Ctrl-C does: its W&B run is closed as failed, its directory is left to resume (no summary, no
+error.json) and the command exits with code 143 after one line on stderr; rerunning it resumes.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -29,6 +37,39 @@ from entrgi.weights import ResourceUnavailable
 log = logging.getLogger(__name__)
 
 
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM  # 143, what a shell reports for a process SIGTERM ended
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived during a job. Not an Exception, so it passes every `except Exception` (a
+    judge's retry, a drawing error kept from failing the job) as KeyboardInterrupt does, and
+    the `finally` blocks on its way close the W&B run as failed and release the job directory."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within: the first SIGTERM raises `Terminated` in the main thread (a second one, during the
+    clean-up, ends the process at once); the previous handler is back afterwards.
+
+    Changes nothing off the main thread, nor where a launcher handles SIGTERM itself (submitit
+    ignores it and checkpoints and requeues on its own signal, USR2).
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @hydra_command(config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from entrgi.experiment import run_experiment
@@ -38,7 +79,12 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     clear_error(output_dir)
     try:
-        summary = run_experiment(cfg, output_dir)
+        with sigterm_raises():
+            summary = run_experiment(cfg, output_dir)
+    except Terminated:
+        print(f"entrgi: terminated (SIGTERM); {output_dir} is kept: rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(TERMINATED_EXIT_CODE)
     except Exception as error:
         path = write_error(output_dir, error, list(hydra_cfg.overrides.task))
         user_error = isinstance(error, (ConfigError, ResourceUnavailable, NonFiniteLogits))

@@ -82,4 +82,5 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("unknown option of a group", ["guidance=nope"], "guidance=nope"),
         ("misspelt experiment", ["experiment=tinny"], "experiment=tinny"),
         ("unknown key", ["sampler.nope=1"], "sampler.nope"),
+        ("W&B init_timeout of zero", ["logger=wandb", "logger.init_timeout=0"], "logger.init_timeout"),
     ]

@@ -1,16 +1,24 @@
 """`logger=wandb`: an offline W&B run written by a tiny job holds the per-step curves, the summary,
-the samples table and the figures, and is closed even when the job fails (issue 5). Never online."""
+the samples table and the figures, and is closed even when the job fails (issue 5). W&B never loses
+or stalls a job (issue 15): the mode is decided before the models load, an unreachable server
+means an offline run, SIGTERM closes the run as failed and leaves the job to resume. Never online:
+"online" here is a server at a closed local port."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from stalled_job import stop_stalled_job
 
 from entrgi.components import build
 from entrgi.experiment import run_experiment
@@ -18,12 +26,16 @@ from entrgi.loggers import (
     NullLogger,
     WandbLogger,
     WandbLoggerConfig,
+    api_key_available,
     local_runs,
     sample_table_row,
     step_metrics,
+    wandb_mode,
     wandb_run_id,
 )
+from entrgi.run import TERMINATED_EXIT_CODE, Terminated, sigterm_raises
 from entrgi.run_directory import RunDirectory
+from entrgi.validation import ConfigError
 
 SMALL = ["experiment=tiny", "schedule.steps=4", "sampler.max_new_tokens=6", "benchmark.n_prompts=3",
          "sampler.batch_size=2", "sampler.num_samples=2"]
@@ -40,6 +52,28 @@ def offline_wandb(tmp_path, monkeypatch):
     for name in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
     return tmp_path
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """No W&B API key anywhere: no WANDB_API_KEY, no identity token, an empty home (no ~/.netrc)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("NETRC", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+FAKE_KEY = "f" * 40  # well-formed, known to no server
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "entrgi.loggers" and r.levelno >= logging.WARNING]
+
+
+def _exit_codes(offline: Path) -> list[int]:
+    return [r["exit"].get("exit_code", 0) for r in _decode(offline) if r["type"] == "exit"]
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -75,17 +109,113 @@ def test_step_metrics_and_sample_rows():
     assert sample_table_row(record, 2) == ["p", "c", "q", "b", 0.9, 0.5, 0.1, 0.9]
 
 
-def test_mode_auto(monkeypatch, tmp_path):
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
-    monkeypatch.delenv("NETRC", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    assert WandbLogger(WandbLoggerConfig()).resolved_mode() == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert WandbLogger(WandbLoggerConfig()).resolved_mode() == "online"
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert WandbLogger(WandbLoggerConfig()).resolved_mode() == "disabled"
-    assert WandbLogger(WandbLoggerConfig(mode="offline")).resolved_mode() == "offline"
+def test_the_mode_is_decided_from_the_config_the_environment_and_the_credentials(no_credentials, monkeypatch,
+                                                                                 caplog):
+    config = WandbLoggerConfig()  # mode=auto
+    assert not api_key_available() and wandb_mode(config) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "")  # empty: unset, not an error
+    assert wandb_mode(config) == "offline"
+    (no_credentials / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    (no_credentials / ".netrc").chmod(0o600)
+    assert api_key_available() and wandb_mode(config) == "online"  # `wandb login` wrote this file
+    (no_credentials / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    assert wandb_mode(config) == "online"
+    for env, mode in (("disabled", "disabled"), ("offline", "offline"), ("dryrun", "offline")):
+        monkeypatch.setenv("WANDB_MODE", env)
+        assert wandb_mode(config) == mode
+    assert wandb_mode(WandbLoggerConfig(mode="online")) == "online"  # logger.mode wins over WANDB_MODE
+    assert not _warnings(caplog)
+
+
+def test_online_without_a_key_runs_offline_with_one_warning(no_credentials, caplog):
+    with caplog.at_level(logging.WARNING, logger="entrgi.loggers"):
+        assert WandbLogger(WandbLoggerConfig(mode="online")).mode == "offline"
+    (line,) = _warnings(caplog)
+    assert "no API key" in line and "offline" in line
+
+
+def test_a_misspelt_wandb_mode_is_refused_before_the_models_load(compose, no_credentials, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "onlin")
+    with pytest.raises(ConfigError, match=r"^WANDB_MODE='onlin' is not allowed: expected one of online, offline, "
+                                          r"disabled, .*or leave it unset$"):
+        wandb_mode(WandbLoggerConfig(mode="offline"))  # W&B would refuse it whatever logger.mode says
+    out = tmp_path / "job"
+    with pytest.raises(ConfigError, match="WANDB_MODE"):
+        run_experiment(compose(SMALL + ["guidance=none", "logger=wandb"]), out)
+    assert not (out / "run.json").exists() and not (out / "wandb").exists()  # nothing loaded or written
+
+
+def test_an_unreachable_server_means_an_offline_run_of_the_same_id(compose, offline_wandb, monkeypatch, caplog):
+    """Online with a key, but nothing answers at the server's address: after logger.init_timeout one
+    warning, and the job completes with an offline run carrying the job's W&B id."""
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: connection refused
+    out = offline_wandb / "job"
+    cfg = compose(SMALL + ["guidance=none", "logger=wandb", "logger.mode=online", "logger.init_timeout=1"])
+    with caplog.at_level(logging.WARNING, logger="entrgi.loggers"):
+        summary = run_experiment(cfg, out)
+    assert summary["n_prompts"] == 3 and (out / "summary.json").is_file()
+    (line,) = _warnings(caplog)
+    assert "logger.init_timeout=1s" in line and "offline" in line
+    offline = [(path, run_id) for path, run_id, is_offline in local_runs(out) if is_offline]
+    assert [run_id for _, run_id in offline] == [wandb_run_id(out)]
+    assert _exit_codes(offline[0][0]) == [0]
+
+
+def test_an_empty_wandb_mode_counts_as_unset(compose, offline_wandb, no_credentials, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_MODE", "")  # W&B itself refuses "" at wandb.init
+    out = offline_wandb / "job"
+    with caplog.at_level(logging.WARNING, logger="entrgi.loggers"):
+        run_experiment(compose(SMALL + ["guidance=none", "logger=wandb"]), out)  # auto, no key: offline
+    ((_, run_id, offline),) = local_runs(out)
+    assert offline and run_id == wandb_run_id(out) and not _warnings(caplog)
+
+
+def test_sigterm_raises_terminated_past_except_exception():
+    before = signal.getsignal(signal.SIGTERM)
+    assert before is signal.SIG_DFL  # else sigterm_raises leaves SIGTERM alone (below)
+    caught = []
+    with pytest.raises(Terminated), sigterm_raises():
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # never send the default SIGTERM to pytest
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)  # interrupted by the handler
+        except Exception as error:
+            caught.append(error)
+    assert not caught and signal.getsignal(signal.SIGTERM) is before
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a launcher's own handling (submitit) is left in place
+    try:
+        with sigterm_raises():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.slow
+def test_sigterm_closes_the_wandb_run_as_failed_and_the_rerun_resumes(offline_wandb):
+    """SIGTERM in the middle of a job (SLURM's time-out or preemption): exit code 143 and one line, the
+    offline W&B run closed as failed, no summary nor error.json; the same command then finishes the job."""
+    args = SMALL + ["guidance=none", "sampler.batch_size=1", "logger=wandb", "logger.mode=offline"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    returncode, stderr, run_dir = stop_stalled_job(offline_wandb, args, env, signal.SIGTERM)
+    assert returncode == TERMINATED_EXIT_CODE == 143, stderr[-2000:]
+    assert [line for line in stderr.splitlines() if line.startswith("entrgi:")] == [
+        f"entrgi: terminated (SIGTERM); {run_dir} is kept: rerun the same command to resume"]
+    assert "Traceback" not in stderr
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "error.json").exists()
+    ((first, run_id, _),) = local_runs(run_dir)
+    assert _exit_codes(first) == [1]  # closed, as failed
+
+    rerun = subprocess.run([sys.executable, "-m", "entrgi.run", *args], cwd=offline_wandb, env=env,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["n_prompts"] == 3 and summary["resumed_prompts"] == 1
+    (_, first_id, _), (second, second_id, _) = local_runs(run_dir)
+    assert first_id == second_id == run_id and _exit_codes(second) == [0]
 
 
 def test_none_logger_logs_nothing(compose, offline_wandb, monkeypatch):

@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import CONF_MODULE
+from stalled_job import stop_stalled_job
 
 from entrgi.experiment import run_experiment
 from entrgi.reporting.runs import collect_runs, load_run
@@ -215,47 +215,13 @@ def test_submitit_local_gives_each_job_its_own_device(tmp_path):
     assert json.loads((sweep / "sweep.json").read_text())["counts"] == {"finished": 2}
 
 
-SLOW_JOB = """
-import os, time
-from pathlib import Path
-from entrgi.run_directory import RunDirectory
-
-calls = []
-append_steps = RunDirectory.append_steps
-
-def append_steps_then_stall(self, records):
-    append_steps(self, records)
-    calls.append(1)
-    if len(calls) == 2:  # batch 0 is committed; batch 1 has its steps written, not its samples
-        Path(os.environ["STALLED"]).write_text(str(self.path))
-        time.sleep(120)
-
-RunDirectory.append_steps = append_steps_then_stall
-import runpy
-runpy.run_module("entrgi.run", run_name="__main__", alter_sys=True)  # as `python -m entrgi.run ...`
-"""
-
-
 @pytest.mark.slow
 def test_killed_job_rerun_completes_every_prompt_exactly_once(tmp_path, compose):
     """SIGKILL after the first batch is committed and the second half-written, plus a line cut short:
     rerunning the same command writes each prompt once and ends with what an uninterrupted run writes."""
     overrides = [*SMALL, "guidance=aps", "sampler.batch_size=1"]
-    (tmp_path / "slow_job.py").write_text(textwrap.dedent(SLOW_JOB))
-    stalled = tmp_path / "stalled"
-    job = subprocess.Popen([sys.executable, "slow_job.py", *overrides], cwd=tmp_path,
-                           env=_env(STALLED=str(stalled)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while not stalled.exists() and job.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert stalled.exists(), "the job did not reach its second batch"
-        os.kill(job.pid, signal.SIGKILL)
-        job.wait(timeout=30)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    run_dir = Path(stalled.read_text())
+    returncode, _, run_dir = stop_stalled_job(tmp_path, overrides, _env(), signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
     assert run_dir.parent == tmp_path / "outputs" / "runs"
     assert [r["prompt_id"] for r in _samples(run_dir)] == ["tiny-2"] and not (run_dir / "summary.json").exists()
     with open(run_dir / "samples.jsonl", "a") as f:
