@@ -5,7 +5,9 @@ summary without loading a model; otherwise the prompts already committed to `sam
 are kept and only the others are generated. The summary, the step statistics and the
 entropy/error histogram always cover every prompt of the job, those of earlier attempts
 included (histogram counts are persisted per batch in `artifact_parts.jsonl`); `wall_seconds`
-is the generation time of the attempt that finished the job. A resumed job continues its own
+is the generation time of the attempt that finished the job. Each prompt's line carries its share
+of its batch's compute (dLLM and RM passes and tokens, estimated FLOPs, wall seconds of generation
+and scoring; `entrgi.compute`) and `summary.json` their sums. A resumed job continues its own
 W&B run (`entrgi.loggers`), which then covers every prompt. `run.overwrite=true` starts afresh.
 
 The judges of `cfg.evaluator` score the saved responses once generation is complete and
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from entrgi.benchmarks import Prompt
 from entrgi.components import build
+from entrgi.compute import COMPUTE, ModelSizes, job_totals, non_embedding_parameters, prompt_share
 from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
 from entrgi.preflight import check_inputs, check_job, configure_threads
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def _sample_record(prompt: Prompt, responses: list[str], rewards: list[float], batch: int,
-                   batch_size: int) -> dict[str, Any]:
+                   batch_size: int, compute: dict[str, float]) -> dict[str, Any]:
     best = max(range(len(rewards)), key=rewards.__getitem__)
     return {
         "prompt_id": prompt.id,
@@ -53,6 +56,7 @@ def _sample_record(prompt: Prompt, responses: list[str], rewards: list[float], b
         "avgk": sum(rewards) / len(rewards),
         "batch": batch,  # which batch committed it and how many prompts that batch had (resume)
         "batch_size": batch_size,
+        COMPUTE: compute,  # this prompt's share of its batch's work (entrgi.compute)
     }
 
 
@@ -158,6 +162,7 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
     """Generate `prompts` batch by batch, committing each to `run_dir` and to `state` (which holds
     the earlier attempts' batches); the summary covers everything in `state`."""
     k, batch_size = cfg.sampler.num_samples, cfg.sampler.batch_size
+    sizes = ModelSizes(non_embedding_parameters(sampler.model.network), non_embedding_parameters(reward.network))
     resumed = len(state.records)
     started = time.perf_counter()
     snapshot: dict[str, Any] = {}  # additive artifacts as of the previous batch of this attempt
@@ -166,11 +171,15 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
         for first in range(0, len(prompts), batch_size):
             batch_index = state.next_batch
             batch = prompts[first : first + batch_size]
+            batch_started = time.perf_counter()
             generation = sampler.generate([p.text for p in batch], [p.id for p in batch], seed=cfg.seed)
             texts = [sampler.model.decode(row) for row in generation.responses.tolist()]
-            rewards = reward.score_texts([p.text for p in batch for _ in range(k)], texts).tolist()
+            rewards = reward.score_texts([p.text for p in batch for _ in range(k)], texts,
+                                         ledger=generation.compute).tolist()
+            share = prompt_share(generation.compute, sizes, time.perf_counter() - batch_started, len(batch))
             records = [
-                _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k], batch_index, len(batch))
+                _sample_record(p, texts[i * k : (i + 1) * k], rewards[i * k : (i + 1) * k], batch_index, len(batch),
+                               share)
                 for i, p in enumerate(batch)
             ]
             steps = [{"batch": batch_index, **row} for row in generation.steps]
@@ -203,6 +212,7 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
         "seed": cfg.seed,
         "wall_seconds": time.perf_counter() - started,
         "resumed_prompts": resumed,
+        COMPUTE: job_totals(state.records, sizes),
         # Means over the steps that have them (guided or scored) of the per-step means.
         **{key: sum(values) / len(values) for key, values in step_means.items()},
     }

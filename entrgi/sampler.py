@@ -6,7 +6,8 @@ committing some of them; then, for a particle method, the rows of each prompt's 
 reordered as the method asks (`Guidance.resample`). All randomness comes from counter-based
 per-trajectory streams, so a prompt's samples do not depend on the batch it is in. Nothing in
 the loop reads a value back to the host: whether the dLLM's or the guided logits held a NaN or
-±inf is kept on the device and read once the batch is done (`entrgi.nonfinite`).
+±inf is kept on the device and read once the batch is done (`entrgi.nonfinite`), and each dLLM
+forward is counted from the canvas's shape (`entrgi.compute`; the guidance counts its own RM work).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from entrgi.categorical import draw_logits, sample_filtered
+from entrgi.compute import ComputeLedger
 from entrgi.guidance import Committed, Guidance, GuidanceContext
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
@@ -40,19 +42,23 @@ class SamplerConfig:
 
 @dataclass
 class Generation:
-    """Response tokens [B*K, L] (prompt-major: row b*K + k) and per-step statistics."""
+    """Response tokens [B*K, L] (prompt-major: row b*K + k), per-step statistics, and the batch's dLLM
+    and guidance RM work (`entrgi.compute`)."""
 
     responses: torch.Tensor
     steps: list[dict[str, float]]
+    compute: ComputeLedger
 
 
 @dataclass
 class Denoised:
     """What the denoising loop leaves on the device: per-step statistics (0-d tensors) and the first
-    step at which the dLLM's ("dllm") or the guided ("guided") logits held a NaN or ±inf."""
+    step at which the dLLM's ("dllm") or the guided ("guided") logits held a NaN or ±inf; and on the
+    host, its dLLM forwards."""
 
     steps: list[dict[str, torch.Tensor]]
     nonfinite: FirstNonFinite
+    compute: ComputeLedger
 
 
 class DiffusionSampler:
@@ -95,7 +101,8 @@ class DiffusionSampler:
         denoised = self.denoise(canvas, attention, noise)
         self._check_finite(denoised.nonfinite, prompt_ids)
         responses = canvas[:, canvas.shape[1] - self.max_new_tokens :].cpu()
-        return Generation(responses=responses, steps=_steps_to_host(denoised.steps, self.schedule))
+        return Generation(responses=responses, steps=_steps_to_host(denoised.steps, self.schedule),
+                          compute=denoised.compute + self.guidance.compute())
 
     def _check_finite(self, nonfinite: FirstNonFinite, prompt_ids: list[str]) -> None:
         """Raise NonFiniteLogits naming the source that went wrong first (the dLLM on a tie: guidance starts
@@ -123,10 +130,12 @@ class DiffusionSampler:
         stop_ids = torch.tensor(self.model.stop_token_ids, device=canvas.device)  # all rank last (deprioritize_eos)
         per_step = []
         nonfinite = FirstNonFinite(("dllm", "guided"), self.schedule.steps, canvas.device)
+        compute = ComputeLedger()
         for step in range(self.schedule.steps):
             response = canvas[:, start:]
             masked = response == self.model.mask_token_id
             logits = self.model.logits(canvas, attention, start)
+            compute.dllm_forward(*canvas.shape)
             context = GuidanceContext(step, response, masked, noise, self.plan[step])
             nonfinite.observe("dllm", step, logits)
             steered = self.guidance.steer(logits, context)
@@ -156,7 +165,7 @@ class DiffusionSampler:
                 )
                 stats |= self._resample(canvas, committed)
             per_step.append(stats)
-        return Denoised(steps=per_step, nonfinite=nonfinite)
+        return Denoised(steps=per_step, nonfinite=nonfinite, compute=compute)
 
     def _resample(self, canvas: torch.Tensor, committed: Committed) -> dict[str, torch.Tensor]:
         """Reorder each prompt's rows as the guidance asks, with one gather; its statistics ({} without)."""

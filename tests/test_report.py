@@ -21,8 +21,10 @@ RM_SMALL, RM_LARGE = "/models/Skywork-Reward-V2-Qwen3-0.6B", "/models/Skywork-Re
 
 
 def write_run(path: Path, *, method="aps", seed=1, top1=1.0, avgk=0.5, prompt_ids=("p0", "p1"), M=3,
-              reward=RM_SMALL, benchmark="bench", finished=True, temperature=0.7, extra_benchmark=None) -> Path:
-    """A run directory in the layout entrgi.run_directory writes, with chosen numbers."""
+              reward=RM_SMALL, benchmark="bench", finished=True, temperature=0.7, extra_benchmark=None,
+              num_samples=2, flops_per_prompt=None, oracle=None) -> Path:
+    """A run directory in the layout entrgi.run_directory writes, with chosen numbers (`flops_per_prompt`: its
+    compute accounting; `oracle`: the oracle judge's score of every Top@1 response)."""
     path.mkdir(parents=True)
     guided = method != "none"
     config = {
@@ -32,7 +34,7 @@ def write_run(path: Path, *, method="aps", seed=1, top1=1.0, avgk=0.5, prompt_id
         "schedule": {"steps": 4},
         "benchmark": {"name": benchmark, "n_prompts": len(prompt_ids), **(extra_benchmark or {})},
         "logger": {"mode": "offline", "group": method},
-        "sampler": {"num_samples": 2, "batch_size": 1, "temperature": temperature},
+        "sampler": {"num_samples": num_samples, "batch_size": 1, "temperature": temperature},
         "seed": seed,
         "name": method,
     }
@@ -55,10 +57,17 @@ def write_run(path: Path, *, method="aps", seed=1, top1=1.0, avgk=0.5, prompt_id
         counts[1][2], counts[3][0] = 5 * seed, 3
         (path / "entropy_error_histogram.json").write_text(json.dumps(
             {"entropy_edges": [0, 1, 2, 3, 4], "error_edges": [0, 0.5, 1, 1.5, 2], "counts": counts}))
+    if oracle is not None:
+        (path / "judgements").mkdir()
+        (path / "judgements" / "oracle.jsonl").write_text("".join(
+            json.dumps({"prompt_id": pid, "indices": [0], "scores": [oracle], "top1": oracle}) + "\n"
+            for pid in prompt_ids))
     if finished:
+        compute = None if flops_per_prompt is None else {"flops": flops_per_prompt * len(prompt_ids)}
         (path / "summary.json").write_text(json.dumps({
-            "top1_mean": top1, "avgk_mean": avgk, "n_prompts": len(prompt_ids), "num_samples": 2,
-            "guidance": method, "benchmark": benchmark, "seed": seed, "wall_seconds": 10.0 * seed}))
+            "top1_mean": top1, "avgk_mean": avgk, "n_prompts": len(prompt_ids), "num_samples": num_samples,
+            "guidance": method, "benchmark": benchmark, "seed": seed, "wall_seconds": 10.0 * seed,
+            "compute": compute}))
     return path
 
 
@@ -208,7 +217,49 @@ def test_report_on_real_tiny_jobs(tiny_sweep, tmp_path, capsys):
     assert float(rows["aps"]["top1_sem"]) == pytest.approx(abs(top1[0] - top1[1]) / 2)  # n = 2: |a − b| / 2
     assert rows["aps"]["n_prompts"] == "2" and rows["none"]["n_seeds"] == "1"
     assert not any((tiny_sweep / str(i) / "wandb").exists() for i in range(3))  # logger=none logs nothing
+    flops = [summaries[i]["compute"]["flops"] / summaries[i]["n_prompts"] for i in range(3)]
+    assert float(rows["aps"]["flops_per_prompt_mean"]) == pytest.approx((flops[0] + flops[1]) / 2)
+    assert float(rows["none"]["flops_per_prompt_mean"]) == pytest.approx(flops[2])
+    assert flops[2] < min(flops[:2])  # Best-of-N at equal K spends less than aps
     figures = sorted(p.name for p in (tmp_path / "out" / "figures").iterdir())
-    assert figures == ["heatmap_entropy_error_tiny.png", "reward_curves_tiny.png", "steps_entropy_error_tiny.png"]
+    assert figures == ["heatmap_entropy_error_tiny.png", "reward_curves_tiny.png", "reward_vs_compute_tiny.png",
+                       "steps_entropy_error_tiny.png"]
     printed = capsys.readouterr().out
-    assert "3 runs in 2 rows (0 incomplete left out)" in printed and "wrote 3 figures" in printed
+    assert "3 runs in 2 rows (0 incomplete left out)" in printed and "wrote 4 figures" in printed
+
+
+def test_compute_column_and_reward_vs_compute_figure(tmp_path, capsys):
+    """Best-of-N at K = 2, 4, 8 (the frontier), two guided methods; FLOPs per prompt in one unit; oracle panel."""
+    for i, (method, k, seed, top1, flops) in enumerate([
+        ("none", 2, 1, 0.5, 2e9), ("none", 4, 1, 0.6, 4e9), ("none", 8, 1, 0.7, 8e9), ("none", 8, 2, 0.8, 8e9),
+        ("entrgi", 2, 1, 0.9, 30e9), ("entrgi", 2, 2, 1.0, 32e9), ("fk", 4, 1, 0.65, 5e9),
+    ]):
+        write_run(tmp_path / f"run-{i}", method=method, num_samples=k, seed=seed, top1=top1, flops_per_prompt=flops,
+                  oracle=top1 / 2)
+    write_run(tmp_path / "old", method="aps", top1=0.3)  # made before compute was accounted
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    rows = {(row["method"], row["settings"]): row for row in csv.DictReader(open(tmp_path / "out" / "table.csv"))}
+    assert float(rows["entrgi", ""]["flops_per_prompt_mean"]) == pytest.approx(31e9)
+    assert float(rows["none", "sampler.num_samples=8"]["flops_per_prompt_mean"]) == pytest.approx(8e9)
+    assert rows["aps", ""]["flops_per_prompt_mean"] == ""
+    markdown = (tmp_path / "out" / "table.md").read_text()
+    assert "| oracle | GFLOP/prompt | Seeds | Prompts |" in markdown
+    assert "| bench | entrgi |  | **0.9500 ± 0.0500** |" in markdown
+    assert "| **0.4750 ± 0.0250** | 31 | 2 | 2 |" in markdown  # the oracle's best; 31 GFLOP per prompt
+    assert "| bench | aps |  | 0.3000 |" in markdown and "| – | – | 1 | 2 |" in markdown  # no oracle, no compute
+    assert "| bench | none | sampler.num_samples=2 | 0.5000 |" in markdown and "| 0.2500 | 2 | 1 | 2 |" in markdown
+    path = tmp_path / "out" / "figures" / "reward_vs_compute_bench.png"
+    assert path.stat().st_size > 10_000
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1] > 300  # two panels: RM and oracle
+    assert "reward_vs_compute_bench.png" in capsys.readouterr().out
+
+
+def test_no_compute_figure_without_two_accounted_rows(tmp_path):
+    from entrgi.reporting.figures import reward_vs_compute
+
+    write_run(tmp_path / "a", method="none", flops_per_prompt=1e6)
+    write_run(tmp_path / "b", method="aps")
+    table = build_rows(collect_runs([str(tmp_path)]).runs)
+    assert reward_vs_compute(table, table.rows, tmp_path / "figure.png", "bench") is None
+    assert "FLOP/prompt" in table.markdown()  # the column, with – for the run without compute

@@ -5,8 +5,9 @@ each step's tokens are committed (every step but the last) `resample`: a particl
 then return, per prompt, which of its K particles each slot becomes a copy of; the sampler
 gathers the canvas rows within each prompt's group and calls `reorder` so the method can move
 its own per-particle state along. Random streams stay with the slot, not the particle, so
-copies diverge again. The sampler has no method-specific branches, so a new method is a new
-subclass plus a YAML file.
+copies diverge again. After the batch the sampler reads `compute`: the RM work the method did
+(`entrgi.compute`), counted by the method itself. The sampler has no method-specific branches, so
+a new method is a new subclass plus a YAML file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from entrgi.compute import ComputeLedger
 from entrgi.noise import TrajectoryNoise
 from entrgi.schemas import schema
 
@@ -131,6 +133,11 @@ class Guidance:
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Move per-particle state along a resampling: new row i is old row `rows[i]` ([N] int64)."""
+
+    def compute(self) -> ComputeLedger:
+        """The reward-model passes and tokens of the current batch so far (`begin_batch` starts afresh),
+        as the method counted them from its tensors' shapes; none for plain sampling."""
+        return ComputeLedger()
 
     def summary(self) -> dict[str, Any]:
         """Numbers about the method itself for summary.json (e.g. vocabulary coverage)."""

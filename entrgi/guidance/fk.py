@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import torch
 
+from entrgi.compute import ComputeLedger
 from entrgi.guidance.base import Committed, Guidance, GuidanceConfig, Resampling
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
@@ -121,10 +122,18 @@ class FKGuidance(Guidance):
         self.layout = None
         self.carried: torch.Tensor | None = None  # [N] hᵢ, per particle
         self.log_ratio: torch.Tensor | None = None  # [N] Σ log p/q since the prompt's last resampling, with a proposal
+        self.ledger = ComputeLedger()
 
     def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
         self.layout = self.bridged.reward.layout(prompts, num_samples, response_length)
         self.carried = self.log_ratio = None
+        self.ledger = ComputeLedger()
+        self.ledger.rm_forward(*self.layout.precomputed)
+
+    def compute(self) -> ComputeLedger:
+        """One RM forward over the B·K estimates per scored step (every step but the last with
+        `ess_threshold` > 0, else every `resample_every`-th); and the prefix cache of `begin_batch`."""
+        return self.ledger
 
     def _plan(self, step: int) -> tuple[bool, bool]:
         """(score at this step, resample every prompt on the schedule), decided on the host from the config."""
@@ -150,7 +159,9 @@ class FKGuidance(Guidance):
         if not score:
             return None
         k = committed.num_samples
-        rewards = self.bridged.score_tokens(self.layout, self.estimate(committed))  # [N]
+        estimates = self.estimate(committed)
+        rewards = self.bridged.score_tokens(self.layout, estimates)  # [N]
+        self.ledger.rm_forward(estimates.shape[0], self.layout.pass_width(estimates.shape[1]))
         if self.carried is None:
             self.carried = torch.full_like(rewards, _START[self.config.potential])
         if self.config.potential == Potential.diff:

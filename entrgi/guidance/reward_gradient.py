@@ -3,7 +3,8 @@
 At a guided step the masked logits φ become free variables (float32, a fresh Adam each
 step) and M gradient steps raise the RM score of the relaxed input. The three methods
 differ only in the per-position weight w of `entrgi.guidance.mix`. All B×K trajectories go
-through the RM in one batch; every statistic stays on the device until the step ends.
+through the RM in one batch; every statistic stays on the device until the step ends. Each RM
+forward and backward is counted from the shapes it runs on (`entrgi.compute`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from enum import StrEnum
 import torch
 
 from entrgi.categorical import sample_nucleus
+from entrgi.compute import ComputeLedger
 from entrgi.guidance.base import Guidance, GuidanceConfig, GuidanceContext, Steered
 from entrgi.guidance.mix import WEIGHT_RULES, entropy, lookup_rule, mix_weight, relaxed_embeddings
 from entrgi.models import DiffusionLM
@@ -116,9 +118,17 @@ class RewardGradientGuidance(Guidance):
         self.max_error = 2 * float(torch.linalg.vector_norm(self.table, dim=-1, dtype=torch.float32).max())
         self.histogram = torch.zeros(HISTOGRAM_BINS, HISTOGRAM_BINS, device=self.table.device)
         self.layout = None
+        self.ledger = ComputeLedger()
 
     def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
         self.layout = self.reward.layout(prompts, num_samples, response_length)
+        self.ledger = ComputeLedger()
+        self.ledger.rm_forward(*self.layout.precomputed)
+
+    def compute(self) -> ComputeLedger:
+        """Per guided step: M RM forwards and backwards over the B·K rows, one more forward with `keep=best`;
+        and the prefix cache of `begin_batch`."""
+        return self.ledger
 
     def _visible(self, response: torch.Tensor, masked: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
         """RM sees the response up to, not including, its first EOS (pad = eos in Dream), or with
@@ -178,6 +188,8 @@ class RewardGradientGuidance(Guidance):
             if self.config.eos_mask_from == "sampled":
                 base_proposal = base_proposal.scatter(1, outside, hard)
 
+        rm_pass = response.shape[0], self.layout.pass_width(response.shape[1])  # (rows, width) of an RM pass
+
         def score(iteration: int):
             mix, hard, ent, weight = self._relax(phi, free, context, iteration)
             embeds = torch.where(masked.unsqueeze(-1), _put(base_embeds, free, mix.embeds.to(base_embeds.dtype)),
@@ -185,6 +197,7 @@ class RewardGradientGuidance(Guidance):
             drawn = phi.detach().argmax(-1) if self.config.eos_mask_from == "argmax" else hard
             proposal = base_proposal.scatter(1, free, drawn)
             visible = self._visible(response, masked, proposal)
+            self.ledger.rm_forward(*rm_pass)
             return self.reward.score_embeds(self.layout, embeds, visible), mix, ent, weight
 
         best_phi = phi.detach().clone()
@@ -194,6 +207,7 @@ class RewardGradientGuidance(Guidance):
             scores, mix, ent, weight = score(iteration)
             optimizer.zero_grad(set_to_none=True)
             (-scores.sum()).backward()
+            self.ledger.rm_backward(*rm_pass)
             if self.config.keep == "best":  # the iterate just scored is phi before this update
                 best_phi = torch.where((scores.detach() > best_score)[:, None, None], phi.detach(), best_phi)
                 best_score = torch.maximum(best_score, scores.detach())

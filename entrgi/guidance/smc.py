@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 import torch
 
 from entrgi.categorical import draw_log_prob, draw_logits
+from entrgi.compute import ComputeLedger
 from entrgi.guidance.base import Committed, Guidance, GuidanceConfig, GuidanceContext, Resampling, Steered
 from entrgi.guidance.fk import FKConfig, FKGuidance
 from entrgi.guidance.reward_gradient import RewardGradientConfig, RewardGradientGuidance
@@ -115,6 +116,10 @@ class SMCGuidance(Guidance):
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.steering.reorder(rows)
+
+    def compute(self) -> ComputeLedger:
+        """The proposal's and the steering's RM work (each builds its own prefix cache)."""
+        return self.proposal.compute() + self.steering.compute()
 
     def summary(self) -> dict:
         return self.proposal.summary()

@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, LogLocator, NullLocator
 
 from entrgi.reporting.runs import Run
 from entrgi.reporting.table import Row, Stat, Table, model_size
@@ -282,12 +283,73 @@ def top1_vs_reward_model(table: Table, rows: list[Row], path: Path, title: str,
                    tick_label=lambda i: table.reward_label_of(names[i]), metric=metric)
 
 
+def _best_of_n(row: Row) -> bool:
+    """Plain sampling (`guidance=none`): its Top@1 is Best-of-N at the row's K."""
+    return str(row.runs[0].flat_config.get("guidance._target_", "")).endswith("NoGuidance")
+
+
+def reward_vs_compute(table: Table, rows: list[Row], path: Path, title: str) -> Path | None:
+    """Reward against estimated FLOPs per prompt (`entrgi.compute`), one point per row (mean ± SEM over seeds).
+
+    Best-of-N rows (`guidance=none`, one per K) are joined as a line, the frontier a method must beat
+    at equal compute (one line per reward model and other setting when these vary). One panel for the
+    RM's Top@1, and one per judge that scored these runs (the toy oracle, LMUnit, a held-out RM).
+    None when fewer than two rows have compute.
+    """
+    placed = sorted((row for row in rows if row.flops_per_prompt is not None), key=lambda r: r.flops_per_prompt.mean)
+    if len(placed) < 2:
+        return None
+    metrics = [TOP1, *(Metric(lambda row, n=name: row.judge(n), f"{name}, Top@1 response (mean ± SEM)")
+                       for name in table.judges if any(row.judge(name) for row in placed))]
+    frontiers: dict[str, list[Row]] = {}
+    for row in placed:
+        if _best_of_n(row):
+            variant = [table.reward_label(row)] if table.varies_reward else []
+            variant += [f"{key}={value}" for key, value in row.settings if key != "sampler.num_samples"]
+            frontiers.setdefault(" ".join(["Best-of-N", *variant]), []).append(row)
+    others = [row for row in placed if not _best_of_n(row)]
+    colours = _colours(others)
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(min(FULL_WIDTH, COLUMN_WIDTH * len(metrics)), 2.8), layout="constrained")
+        axes = figure.subplots(1, len(metrics), sharex=True, squeeze=False)[0]
+        for ax, metric in zip(axes, metrics, strict=True):
+            for v, (label, members) in enumerate(frontiers.items()):
+                line = [(row.flops_per_prompt.mean, row, stat) for row in members
+                        if (stat := metric.stat_of(row)) is not None]
+                if not line:
+                    continue
+                ax.errorbar([x for x, *_ in line], [stat.mean for *_, stat in line],
+                            yerr=[stat.sem or 0.0 for *_, stat in line], color=METHOD_COLOURS["none"],
+                            marker="o", linestyle=DASHES[v % len(DASHES)], capsize=2, label=label)
+                for x, row, stat in line:
+                    ax.annotate(f"K={row.num_samples}", (x, stat.mean), textcoords="offset points", xytext=(4, -3),
+                                fontsize=6, color=METHOD_COLOURS["none"], va="top")
+            for i, row in enumerate(others):
+                stat = metric.stat_of(row)
+                if stat is not None:
+                    ax.errorbar([row.flops_per_prompt.mean], [stat.mean], yerr=[stat.sem or 0.0], capsize=2,
+                                color=colours[id(row)], marker=MARKERS[i % len(MARKERS)], linestyle="none",
+                                label=table.label(row))
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(EngFormatter(places=0, sep=" "))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.margins(x=0.08, y=0.12)
+            ax.set_xlabel("FLOP per prompt (estimate, all K samples)")
+            ax.set_ylabel(metric.label)
+        figure.suptitle(f"{title}: reward against compute (a point per method and setting{_band_note(placed)})",
+                        fontsize=8)
+        _legend(figure, axes[0], len(others) + len(frontiers))
+        return _save(figure, path)
+
+
 FIGURES = (  # (file stem, function)
     ("steps_entropy_error", step_statistics),
     ("heatmap_entropy_error", entropy_error_heatmaps),
     ("reward_curves", reward_curves),
     ("top1_vs_M", top1_vs_M),
     ("top1_vs_reward_model", top1_vs_reward_model),
+    ("reward_vs_compute", reward_vs_compute),
 )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from entrgi.compute import COMPUTE, merged_totals
 from entrgi.evaluators.scores import summary_fields
 from entrgi.run_directory import (
     CONFIG,
@@ -117,6 +118,13 @@ class Run:
     @property
     def num_samples(self) -> int | None:
         return self.summary.get("num_samples", self.flat_config.get("sampler.num_samples"))
+
+    @property
+    def flops_per_prompt(self) -> float | None:
+        """Estimated FLOPs per prompt (its K samples, their guidance and scoring; `entrgi.compute`), None
+        for a run made before compute was accounted."""
+        compute = self.summary.get(COMPUTE)
+        return compute["flops"] / self.summary["n_prompts"] if compute else None
 
     def identity(self, shard_keys: Sequence[str] = SHARD_KEYS) -> tuple:
         """What the run computed: its config without execution and shard keys (seed included)."""
@@ -266,6 +274,7 @@ def _merge(parts: list[Run]) -> Run:
         summary[key] = sum(run.summary[key] * k for run, k in zip(parts, n, strict=True)) / sum(n)
     summary["n_prompts"] = sum(n)
     summary["wall_seconds"] = sum(run.summary.get("wall_seconds", 0.0) for run in parts)
+    summary[COMPUTE] = merged_totals([run.summary.get(COMPUTE) for run in parts])
     merged = Run(paths=tuple(p for run in parts for p in run.paths), config=parts[0].config, summary=summary,
                  prompt_ids=tuple(i for run in parts for i in run.prompt_ids),
                  finished=max(run.finished for run in parts))

@@ -2,7 +2,9 @@
 
 Judges (`entrgi.evaluators`) add columns beside them: each judge's score of the Top@1 response
 (and its Avg@K when it judged all K), mean ± SEM over the seeds it scored, from the runs'
-`judgements/` files, and the number of responses it failed to score when any.
+`judgements/` files, and the number of responses it failed to score when any. Runs that account
+their compute (`entrgi.compute`) add the estimated FLOPs per prompt, mean over seeds, in one SI
+unit for the whole table.
 
 A row is one benchmark × method, split further by reward model and M when the runs vary
 them, and by any other config value that differs within a benchmark × method (shown as
@@ -25,6 +27,7 @@ from typing import Any
 
 from entrgi.reporting.runs import EXECUTION_KEYS, SHARD_KEYS, ReportError, Run, key_under
 
+SI_PREFIXES = ("", "k", "M", "G", "T", "P", "E")  # of the FLOP/prompt column's unit, one per power of 1000
 # The paper's column order; other method names follow alphabetically.
 METHOD_ORDER = ("none", "soft", "aps", "entrgi")
 # Not row keys: the seed is what a row averages over; benchmark.* defines the prompt slice,
@@ -97,6 +100,12 @@ class Row:
         """`failures` or `judged` summed over the seeds the judge scored (None if it scored none)."""
         runs = self.judged(name)
         return sum(run.judge_scores[name][field] for run in runs) if runs else None
+
+    @cached_property
+    def flops_per_prompt(self) -> Stat | None:
+        """Estimated FLOPs per prompt (all K samples), mean ± SEM over seeds; None unless every seed has it."""
+        values = [run.flops_per_prompt for run in self.runs]
+        return None if None in values else Stat.of(values)
 
     @property
     def n_prompts(self) -> int:
@@ -193,6 +202,15 @@ class Table:
         """Judges that failed on some response: they get a column of failure counts."""
         return [name for name in self.judges if any(row.judge_count(name, "failures") for row in self.rows)]
 
+    @cached_property
+    def flop_unit(self) -> tuple[float, str] | None:
+        """(scale, SI prefix) that puts the largest FLOPs per prompt in [1, 1000); None without compute."""
+        values = [row.flops_per_prompt.mean for row in self.rows if row.flops_per_prompt is not None]
+        if not values:
+            return None
+        power = min(max(int(math.log10(max(max(values), 1.0)) // 3), 0), len(SI_PREFIXES) - 1)
+        return 1000.0**power, SI_PREFIXES[power]
+
     @property
     def avgk_name(self) -> str:
         ks = {row.num_samples for row in self.rows}
@@ -204,7 +222,9 @@ class Table:
         head += ["M"] if self.varies_M else []
         head += ["Settings"] if self.has_settings else []
         head += ["Top@1", self.avgk_name] + [header for header, _ in self.judge_columns]
-        return head + [f"{name} failed" for name in self.judges_failing] + ["Seeds", "Prompts"]
+        head += [f"{name} failed" for name in self.judges_failing]
+        head += [f"{self.flop_unit[1]}FLOP/prompt"] if self.flop_unit else []
+        return head + ["Seeds", "Prompts"]
 
     def _cells(self, row: Row, mark) -> list[str]:
         cells = [row.benchmark, row.method]
@@ -218,6 +238,9 @@ class Table:
         for name in self.judges_failing:
             failures = row.judge_count(name, "failures")
             cells.append("–" if failures is None else f"{failures}/{row.judge_count(name, 'judged')}")
+        if self.flop_unit:
+            flops = row.flops_per_prompt
+            cells.append("–" if flops is None else f"{flops.mean / self.flop_unit[0]:.3g}")
         return cells + [str(len(row.runs)), str(row.n_prompts)]
 
     def markdown(self) -> str:
@@ -226,6 +249,9 @@ class Table:
         lines += ["| " + " | ".join(self._cells(row, lambda s, b: f"**{s}**" if b else s)) + " |"
                   for row in self.rows]
         lines += ["", "Mean ± SEM over seeds of the per-prompt mean; **bold**: best of its benchmark in that column."]
+        if self.flop_unit:
+            lines += [f"{self.flop_unit[1]}FLOP/prompt: estimated FLOPs of a prompt's K samples, their guidance and "
+                      "their scoring (2·N per token forward, 4·N backward; `entrgi.compute`), mean over seeds."]
         if self.judges:
             lines += ["Judge columns score the Top@1 response (Avg@K: all K) and leave out responses the judge "
                       "failed on (`failed`: failed / judged, summed over seeds)."]
@@ -245,7 +271,7 @@ class Table:
     def write_csv(self, path: Path) -> None:
         fields = ["benchmark", "method", "reward_model", "M", "settings", "top1_mean", "top1_sem", "top1_best",
                   "avgk_mean", "avgk_sem", "avgk_best", "num_samples", "n_seeds", "seeds", "n_prompts",
-                  "wall_seconds_mean", "run_dirs"]
+                  "wall_seconds_mean", "flops_per_prompt_mean", "run_dirs"]
         judge_fields = [f"{name}_{field}" for name in self.judges for field in
                         ("top1_mean", "top1_sem", "avgk_mean", "avgk_sem", "failures", "judged", "n_seeds")]
         fields[fields.index("num_samples"):fields.index("num_samples")] = judge_fields
@@ -263,6 +289,7 @@ class Table:
                     "n_seeds": len(row.runs), "seeds": " ".join(map(str, row.seeds)), "n_prompts": row.n_prompts,
                     "wall_seconds_mean": repr(statistics.fmean(r.summary.get("wall_seconds", math.nan)
                                                                for r in row.runs)),
+                    "flops_per_prompt_mean": "" if row.flops_per_prompt is None else repr(row.flops_per_prompt.mean),
                     "run_dirs": " ".join(str(p) for r in row.runs for p in r.paths),
                     **{key: value for name in self.judges for key, value in _judge_csv(row, name).items()},
                 })

@@ -19,6 +19,7 @@ from omegaconf import MISSING
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
+from entrgi.compute import ComputeLedger
 from entrgi.schemas import schema
 from entrgi.validation import ranged
 from entrgi.weights import DType, resolve_checkpoint, resolve_device, resolve_dtype
@@ -96,6 +97,13 @@ class RewardInputLayout:
     prefix_real: torch.Tensor  # [N, P] bool
     suffix_real: torch.Tensor  # [N, S] bool
     prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values), no grad
+    precomputed: tuple[int, int] = (0, 0)  # (rows, width) of the forward that computed the cache
+
+    def pass_width(self, response_length: int) -> int:
+        """Columns an RM pass over responses of `response_length` computes (`entrgi.compute`): the prefix
+        only without the cache, then the response and the suffix."""
+        prefix = 0 if self.prefix_cache is not None else self.prefix_real.shape[1]
+        return prefix + response_length + self.suffix_real.shape[1]
 
 
 class RewardModel:
@@ -167,7 +175,7 @@ class RewardModel:
 
         prefix_embeds, prefix_mask = embed(prefix_ids, prefix_real)
         suffix_embeds, suffix_mask = embed(suffix_ids, suffix_real)
-        cache = None
+        cache, precomputed = None, (0, 0)
         # A row whose suffix is empty may be pooled inside the prefix; checkpointing recomputes
         # layers and would append to the cache twice: both take the uncached path.
         cached = self.config.prefix_cache and not self.config.gradient_checkpointing
@@ -181,13 +189,14 @@ class RewardModel:
                 (keys.repeat_interleave(num_samples, 0), values.repeat_interleave(num_samples, 0))
                 for keys, values, *_ in getattr(out, _CACHE)
             ]
+            precomputed = tuple(prefix_embeds.shape[:2])
 
         def per_sample(tensor):
             return tensor.repeat_interleave(num_samples, 0)
 
         return RewardInputLayout(
             per_sample(prefix_embeds), per_sample(suffix_embeds), per_sample(prefix_mask), per_sample(suffix_mask),
-            cache,
+            cache, precomputed,
         )
 
     def _positions(self, visible: torch.Tensor) -> torch.Tensor:
@@ -243,8 +252,10 @@ class RewardModel:
         return self.network.score(pooled)[:, 0].float()
 
     @torch.no_grad()
-    def score_texts(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        """Float32 scores [N] on the CPU, `batch_size` conversations per forward pass.
+    def score_texts(self, prompts: list[str], responses: list[str], ledger: ComputeLedger | None = None
+                    ) -> torch.Tensor:
+        """Float32 scores [N] on the CPU, `batch_size` conversations per forward pass, each pass counted
+        in `ledger` when one is given (`entrgi.compute`).
 
         `text_path="template"` renders each response with the chat template; "splice" tokenises
         the template's prefix and suffix (as the embedding path does) and the response verbatim.
@@ -259,6 +270,8 @@ class RewardModel:
             batch = self.tokenizer.pad(
                 {"input_ids": rows[i : i + self.config.batch_size]}, padding=True, return_tensors="pt"
             ).to(self.device)
+            if ledger is not None:
+                ledger.rm_forward(*batch["input_ids"].shape)
             scores.append(self.network(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
 
