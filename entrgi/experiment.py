@@ -28,9 +28,9 @@ from entrgi.benchmarks import Prompt
 from entrgi.components import build
 from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
-from entrgi.preflight import check_inputs, check_job, configure_threads
+from entrgi.preflight import check_inputs, check_job, configure_threads, reward_models
 from entrgi.reporting.runs import load_run
-from entrgi.rewards import RewardModel
+from entrgi.rewards import TextReward
 from entrgi.run_directory import Progress, RunDirectory, additive, counts_increment, sum_increments
 from entrgi.sampler import DiffusionSampler
 from entrgi.validation import validate
@@ -69,10 +69,11 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     try:
         return _run_experiment(cfg, output_dir)
     except torch.OutOfMemoryError as error:
+        scoring = OmegaConf.select(cfg, "reward.batch_size")  # a reward model's; a text scorer has none
         raise OutOfMemory(
             f"out of memory on the GPU ({str(error).splitlines()[0][:120]}); lower sampler.batch_size "
-            f"(now {cfg.sampler.batch_size}) or sampler.num_samples, set reward.gradient_checkpointing=true, "
-            f"or lower reward.batch_size (now {cfg.reward.batch_size}) for the final scoring"
+            f"(now {cfg.sampler.batch_size}) or sampler.num_samples, set reward.gradient_checkpointing=true"
+            + (f", or lower reward.batch_size (now {scoring}) for the final scoring" if scoring is not None else "")
         ) from error
 
 
@@ -100,10 +101,11 @@ def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
-    # Locate both checkpoints and every judge's before loading any: a missing 7B fails in seconds
-    # (check_inputs then checks the folders' files and tokenizers against the prompts).
+    # Locate every checkpoint (the dLLM's, each reward model's, each judge's) before loading any: a missing
+    # 7B fails in seconds (check_inputs then checks the folders' files and tokenizers against the prompts).
     resolve_checkpoint(cfg.model.path, "model.path")
-    resolve_checkpoint(cfg.reward.path, "reward.path")
+    for key, node in reward_models(cfg):
+        resolve_checkpoint(node.path, f"{key}.path")
     locate_weights(cfg.evaluator)
     benchmark = build(cfg.benchmark)
     whole = benchmark.slice()
@@ -123,7 +125,7 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # nothing should draw from it; a guard for third-party code
 
     model = build(cfg.model)
-    reward: RewardModel = build(cfg.reward)
+    reward: TextReward = build(cfg.reward)  # a reward model or a text scorer (entrgi.rewards.text)
     guidance = build(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
     logger = build(cfg.logger)
