@@ -21,8 +21,16 @@ def build(node: DictConfig, **dependencies: Any) -> Any:
     Interpolations are resolved (`${sampler.temperature}` reads the run config the node belongs to).
     Raises TypeError when the node is not typed by a config dataclass (a YAML that extends no schema).
     """
-    cls = get_class(node._target_)
-    config = OmegaConf.to_object(node)
+    return construct(OmegaConf.to_object(node), **dependencies)
+
+
+def construct(config: Any, **dependencies: Any) -> Any:
+    """`cls(config, **dependencies)` for a config dataclass instance, `cls` named by its `_target_` (a
+    component whose config holds others', e.g. `reward=sum`'s terms, builds them with this).
+
+    Raises TypeError when `config` is not a dataclass instance (its node extended no schema).
+    """
     if not dataclasses.is_dataclass(config):
-        raise TypeError(f"{node._target_}: its config node extends no schema dataclass (see entrgi.schemas)")
-    return cls(config, **dependencies)
+        target = config.get("_target_") if isinstance(config, dict) else type(config).__name__
+        raise TypeError(f"{target}: its config node extends no schema dataclass (see entrgi.schemas)")
+    return get_class(config._target_)(config, **dependencies)

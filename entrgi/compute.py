@@ -84,6 +84,15 @@ def non_embedding_parameters(network: torch.nn.Module) -> int:
     return sum(p.numel() for p in network.parameters() if id(p) not in embeddings)
 
 
+def reward_parameters(reward: Any) -> int:
+    """Non-embedding parameters of the networks a reward runs: a reward model's, the reward-model terms
+    of a weighted sum (`reward=sum`); 0 for a text scorer (its work is not counted)."""
+    network = getattr(reward, "network", None)
+    if network is not None:
+        return non_embedding_parameters(network)
+    return sum(reward_parameters(term) for term in getattr(reward, "terms", {}).values())
+
+
 @dataclass(frozen=True)
 class ModelSizes:
     """Non-embedding parameters of the job's dLLM and RM, counted once from the loaded models."""

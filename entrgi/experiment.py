@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 
 from entrgi.benchmarks import Prompt
 from entrgi.components import build
-from entrgi.compute import COMPUTE, ModelSizes, job_totals, non_embedding_parameters, prompt_share
+from entrgi.compute import COMPUTE, ModelSizes, job_totals, non_embedding_parameters, prompt_share, reward_parameters
 from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
-from entrgi.preflight import check_inputs, check_job, configure_threads
+from entrgi.preflight import check_inputs, check_job, configure_threads, reward_models
 from entrgi.reporting.runs import load_run
-from entrgi.rewards import RewardModel
+from entrgi.rewards import TextReward
 from entrgi.run_directory import Progress, RunDirectory, additive, counts_increment, sum_increments
 from entrgi.sampler import DiffusionSampler
 from entrgi.validation import validate
@@ -73,10 +73,11 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     try:
         return _run_experiment(cfg, output_dir)
     except torch.OutOfMemoryError as error:
+        scoring = OmegaConf.select(cfg, "reward.batch_size")  # a reward model's; a text scorer has none
         raise OutOfMemory(
             f"out of memory on the GPU ({str(error).splitlines()[0][:120]}); lower sampler.batch_size "
-            f"(now {cfg.sampler.batch_size}) or sampler.num_samples, set reward.gradient_checkpointing=true, "
-            f"or lower reward.batch_size (now {cfg.reward.batch_size}) for the final scoring"
+            f"(now {cfg.sampler.batch_size}) or sampler.num_samples, set reward.gradient_checkpointing=true"
+            + (f", or lower reward.batch_size (now {scoring}) for the final scoring" if scoring is not None else "")
         ) from error
 
 
@@ -105,10 +106,11 @@ def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     logger = build(cfg.logger)  # decides the W&B mode (refuses a bad WANDB_MODE) before anything loads
-    # Locate both checkpoints and every judge's before loading any: a missing 7B fails in seconds
-    # (check_inputs then checks the folders' files and tokenizers against the prompts).
+    # Locate every checkpoint (the dLLM's, each reward model's, each judge's) before loading any: a missing
+    # 7B fails in seconds (check_inputs then checks the folders' files and tokenizers against the prompts).
     resolve_checkpoint(cfg.model.path, "model.path")
-    resolve_checkpoint(cfg.reward.path, "reward.path")
+    for key, node in reward_models(cfg):
+        resolve_checkpoint(node.path, f"{key}.path")
     locate_weights(cfg.evaluator)
     benchmark = build(cfg.benchmark)
     whole = benchmark.slice()
@@ -128,7 +130,7 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # nothing should draw from it; a guard for third-party code
 
     model = build(cfg.model)
-    reward: RewardModel = build(cfg.reward)
+    reward: TextReward = build(cfg.reward)  # a reward model or a text scorer (entrgi.rewards.text)
     guidance = build(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -162,7 +164,7 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
     """Generate `prompts` batch by batch, committing each to `run_dir` and to `state` (which holds
     the earlier attempts' batches); the summary covers everything in `state`."""
     k, batch_size = cfg.sampler.num_samples, cfg.sampler.batch_size
-    sizes = ModelSizes(non_embedding_parameters(sampler.model.network), non_embedding_parameters(reward.network))
+    sizes = ModelSizes(non_embedding_parameters(sampler.model.network), reward_parameters(reward))
     resumed = len(state.records)
     started = time.perf_counter()
     snapshot: dict[str, Any] = {}  # additive artifacts as of the previous batch of this attempt

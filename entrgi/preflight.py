@@ -1,13 +1,14 @@
 """Pre-flight checks: whatever the input alone decides is checked before any model loads.
 
-A job reads a config, a prompt file and two checkpoint folders. Everything that can be decided
-from those — a key left unset, `cuda` on a machine without CUDA, a cut-off `config.json`, a
-truncated safetensors file, a missing tokenizer, too little vocabulary overlap for guidance, a
-prompt longer than either model's context, a judge that cannot score these prompts — is checked
-here, in seconds, and stops the job with one line that names the key to change. The runner
-(`entrgi.experiment`) calls `check_job` right after validation and `check_inputs` once the
-prompts are loaded (prompt-file checks live with the loading, in `entrgi.benchmarks`), and only
-then loads the weights.
+A job reads a config, a prompt file and checkpoint folders (the dLLM's, and the reward model's
+when the reward is one or holds some). Everything that can be decided from those — a key left
+unset, `cuda` on a machine without CUDA, gradient guidance with a reward that scores text only, a
+text scorer's bad pattern or unknown function, a cut-off `config.json`, a truncated safetensors
+file, a missing tokenizer, too little vocabulary overlap for guidance, a prompt longer than a
+model's context, a reward or judge that cannot score these prompts — is checked here, in seconds,
+and stops the job with one line that names the key to change. The runner (`entrgi.experiment`)
+calls `check_job` right after validation and `check_inputs` once the prompts are loaded
+(prompt-file checks live with the loading, in `entrgi.benchmarks`), and only then loads the weights.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from typing import Any
 
 import torch
 import transformers
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from entrgi.benchmarks import Prompt, Truncate
 from entrgi.models.diffusion_lm import encode_prompt
-from entrgi.rewards.reward_model import template_parts
+from entrgi.rewards.reward_model import RewardModel, template_parts
+from entrgi.rewards.text import TextScorer
 from entrgi.rewards.vocab_bridge import build_vocab_bridge
 from entrgi.validation import ConfigError
 from entrgi.weights import WeightsUnavailable, resolve_checkpoint, resolve_device
@@ -53,16 +56,57 @@ def configure_threads(cfg: DictConfig) -> int:
 
 
 def check_job(cfg: DictConfig, schedule: Any = None) -> None:
-    """Config-only checks: unset keys, devices, settings that waste work (warned, one line each)."""
+    """Config-only checks: unset keys, devices, the reward, settings that waste work (warned, one line each)."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is not set: give it on the command line ({missing[0]}=...)")
     check_devices(cfg)
+    check_reward(cfg)
     steps, length = OmegaConf.select(cfg, "schedule.steps"), OmegaConf.select(cfg, "sampler.max_new_tokens")
     if steps is not None and length is not None and steps > length:
         plan = schedule.planned_counts(length) if schedule is not None else None
         idle = f": {sum(1 for _, n in plan if n == 0)} of {steps} steps commit nothing" if plan else ""
         log.warning("schedule.steps=%d is more than sampler.max_new_tokens=%d%s", steps, length, idle)
+
+
+def reward_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(key, node) of the `reward` node and of every reward inside it (a sum's terms): the nodes with a
+    `_target_`, outermost first."""
+    found = []
+
+    def walk(node: DictConfig, key: str) -> None:
+        if "_target_" in node:
+            found.append((key, node))
+        for child in node.keys():
+            value = node._get_node(child)
+            if isinstance(value, DictConfig) and not value._is_none() and not OmegaConf.is_missing(node, child):
+                walk(value, f"{key}.{child}")
+
+    walk(cfg.reward, "reward")
+    return found
+
+
+def reward_models(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(key, node) of the reward models among `reward_nodes`: the ones with a checkpoint, a tokenizer and a context."""
+    return [(key, node) for key, node in reward_nodes(cfg) if issubclass(get_class(node._target_), RewardModel)]
+
+
+def check_reward(cfg: DictConfig) -> None:
+    """A gradient method (`Guidance.needs_gradient`) has a differentiable reward, and every text scorer's
+    settings work (`TextScorer.check`: patterns compile, a function imports); else ConfigError naming them."""
+    if get_class(cfg.guidance._target_).needs_gradient and not get_class(cfg.reward._target_).differentiable:
+        raise ConfigError(f"{_option('guidance', cfg.guidance)} needs a differentiable reward; "
+                          f"{_option('reward', cfg.reward)} scores text only (use guidance=none or fk)")
+    for key, node in reward_nodes(cfg):
+        scorer = get_class(node._target_)
+        if issubclass(scorer, TextScorer):
+            scorer.check(OmegaConf.to_object(node), key)
+
+
+def _option(group: str, node: DictConfig) -> str:
+    """`group=<option>` as composed (Hydra's choice), or `group._target_=<class>` outside a Hydra job."""
+    choice = HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+    return f"{group}={choice}" if choice else f"{group}._target_={node._target_}"
 
 
 def check_devices(cfg: DictConfig) -> None:
@@ -161,19 +205,21 @@ def _check_safetensors(file: Path, key: str, path: str) -> None:
 
 
 def check_inputs(cfg: DictConfig, prompts: list[Prompt]) -> list[Prompt]:
-    """Checks that need the prompts and the two tokenizers, not the weights. Returns the prompts,
-    their starts cut when `benchmark.truncate=left` and they are too long for a model's context."""
+    """Checks that need the prompts and the tokenizers (the dLLM's, each reward model's), not the weights.
+    Returns the prompts, their starts cut when `benchmark.truncate=left` and they are too long for a
+    model's context."""
     model = check_checkpoint(cfg.model.path, "model.path", cfg.model.get("config_keys"),
                              cfg.model.get("tokenizer_class"))
-    reward = check_checkpoint(cfg.reward.path, "reward.path", None, cfg.reward.get("tokenizer_class"))
+    rewards = {key: check_checkpoint(node.path, f"{key}.path", None, node.get("tokenizer_class"))
+               for key, node in reward_models(cfg)}
     # The guidance feeds the RM dLLM tokens (a reward-gradient proposal inside SMC holds its key under proposal):
-    # check the bridge.
+    # check the bridge. Such guidance differentiates `reward`, a reward model (check_reward).
     key = next((k for k in ("guidance.min_coverage", "guidance.proposal.min_coverage")
                 if OmegaConf.select(cfg, k, default=None) is not None), None)
     if key is not None:
         min_coverage = OmegaConf.select(cfg, key)
         vocab_size = int(model.config.get("vocab_size") or len(model.tokenizer))
-        coverage = build_vocab_bridge(model.tokenizer, reward.tokenizer, vocab_size).coverage
+        coverage = build_vocab_bridge(model.tokenizer, rewards["reward"].tokenizer, vocab_size).coverage
         if coverage < min_coverage:
             raise ConfigError(f"{key}={min_coverage}: only {coverage:.4f} of the dLLM vocabulary "
                               f"(model.path={cfg.model.path}) maps exactly into the RM's "
@@ -181,53 +227,60 @@ def check_inputs(cfg: DictConfig, prompts: list[Prompt]) -> list[Prompt]:
         if coverage < COVERAGE_WARNING:
             log.warning("only %.2f%% of the dLLM's tokens map exactly into the RM vocabulary; the rest reach the "
                         "RM as its unknown token (%s sets a floor)", 100 * coverage, key)
-    prompts = fit_context(cfg, prompts, model, reward)
+    prompts = fit_context(cfg, prompts, model, rewards)
+    check_reward_prompts(cfg, prompts)
     check_judges(cfg.evaluator, prompts)
     return prompts
 
 
 @dataclass
 class _Context:
-    name: str  # "the dLLM" / "the RM"
+    name: str  # "dLLM", "RM", "RM reward.rewards.rm"
     limit: int | None
     tokenizer: Any
     new_tokens: int  # the response region, beside the prompt in its chat template
+    rm: bool  # a reward model: the prompt in its template with the response; else the dLLM's prompt encoding
 
-    def need(self, text: str, rm: bool) -> int:
-        if rm:
+    def need(self, text: str) -> int:
+        if self.rm:
             prefix, suffix = template_parts(self.tokenizer, text)
             return len(prefix) + len(suffix) + self.new_tokens
         return len(encode_prompt(self.tokenizer, text)) + self.new_tokens
 
 
-def fit_context(cfg: DictConfig, prompts: list[Prompt], model: Checkpoint, reward: Checkpoint) -> list[Prompt]:
+def fit_context(cfg: DictConfig, prompts: list[Prompt], model: Checkpoint,
+                rewards: Mapping[str, Checkpoint]) -> list[Prompt]:
     """Every prompt in its chat template plus `sampler.max_new_tokens` must fit `max_position_embeddings`
-    of both the dLLM and the RM: refused (`benchmark.truncate=none`) or cut from the left (`left`)."""
+    of the dLLM and of each reward model (`rewards`, by key; none for a text scorer): refused
+    (`benchmark.truncate=none`) or cut from the left (`left`)."""
     new_tokens = int(cfg.sampler.max_new_tokens)
-    contexts = (_Context("the dLLM", model.config.get("max_position_embeddings"), model.tokenizer, new_tokens),
-                _Context("the RM", reward.config.get("max_position_embeddings"), reward.tokenizer, new_tokens))
+    contexts = [_Context("dLLM", model.config.get("max_position_embeddings"), model.tokenizer, new_tokens, False)]
+    contexts += [_Context("RM" if key == "reward" else f"RM {key}", rm.config.get("max_position_embeddings"),
+                          rm.tokenizer, new_tokens, True) for key, rm in rewards.items()]
     if all(c.limit is None for c in contexts):
         return prompts
     truncate = OmegaConf.select(cfg, "benchmark.truncate", default=Truncate.none)
-    limits = f"limits: dLLM {contexts[0].limit}, RM {contexts[1].limit} positions"
+    limits = f"limits: {', '.join(f'{c.name} {c.limit}' for c in contexts)} positions"
     fitted, cut = [], 0
     for prompt in prompts:
         text = prompt.text
-        for _ in range(8):  # each cut is exact for one tokenizer; the other may need one more
-            needs = [c.need(text, rm=i == 1) for i, c in enumerate(contexts)]
+        for _ in range(8):  # each cut is exact for one tokenizer; another may need one more
+            needs = [c.need(text) for c in contexts]
             excess = [n - c.limit if c.limit else 0 for n, c in zip(needs, contexts, strict=True)]
             if max(excess) <= 0:
                 break
             if truncate != Truncate.left:
+                where = " and ".join(f"{n}{' positions' if i == 0 else ''} in the {c.name}"
+                                     for i, (n, c) in enumerate(zip(needs, contexts, strict=True)))
                 raise ConfigError(
-                    f"benchmark.truncate=none: prompt {prompt.id!r} needs {needs[0]} positions in the dLLM and "
-                    f"{needs[1]} in the RM with sampler.max_new_tokens={new_tokens} ({limits}); shorten it, "
+                    f"benchmark.truncate=none: prompt {prompt.id!r} needs {where} with "
+                    f"sampler.max_new_tokens={new_tokens} ({limits}); shorten it, "
                     "lower sampler.max_new_tokens, or set benchmark.truncate=left")
             worst = contexts[excess.index(max(excess))]
             offsets = worst.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
             if max(excess) >= len(offsets):
                 raise ConfigError(f"sampler.max_new_tokens={new_tokens} leaves no room for prompt {prompt.id!r} "
-                                  f"in {worst.name} ({limits}), even with benchmark.truncate=left")
+                                  f"in the {worst.name} ({limits}), even with benchmark.truncate=left")
             text = text[offsets[max(excess)][0]:]
         else:
             raise ConfigError(f"benchmark.truncate=left could not fit prompt {prompt.id!r} ({limits})")
@@ -236,6 +289,17 @@ def fit_context(cfg: DictConfig, prompts: list[Prompt], model: Checkpoint, rewar
     if cut:
         log.warning("benchmark.truncate=left: cut the start of %d of %d prompts to fit (%s)", cut, len(prompts), limits)
     return fitted
+
+
+def check_reward_prompts(cfg: DictConfig, prompts: list[Prompt]) -> None:
+    """Each text scorer of `reward` can score responses to these prompts (asked of its class: nothing loads)."""
+    pairs = [(p.id, p.text) for p in prompts]
+    for key, node in reward_nodes(cfg):
+        scorer = get_class(node._target_)
+        why = scorer.check_prompts(pairs) if issubclass(scorer, TextScorer) else None
+        if why is not None:
+            name = _option("reward", node) if key == "reward" else key
+            raise ConfigError(f"{name} cannot score this benchmark: {why}; choose another reward")
 
 
 def check_judges(node: Mapping[str, Any] | None, prompts: list[Prompt]) -> None:

@@ -77,6 +77,12 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("guidance.min_coverage above the coverage", ["guidance=entrgi", "guidance.min_coverage=0.99"],
          "guidance.min_coverage"),
         ("top_p out of range", ["sampler.top_p=1.5"], "sampler.top_p"),
+        ("gradient guidance with a text reward", ["guidance=entrgi", "reward=regex", "reward.keywords=[fox]"],
+         "reward=regex"),
+        ("a pattern that is not a regular expression", ["reward=regex", "reward.patterns=[{pattern: 'a(b'}]"],
+         "reward.patterns[0].pattern"),
+        ("an unknown reward function", ["reward=callable", "reward.function=no_such_module:score"],
+         "reward.function"),
         # Refused while Hydra composes the command line (entrgi.cli).
         ("value outside the field's enum", ["model.decode=nope"], "model.decode"),
         ("unknown option of a group", ["guidance=nope"], "guidance=nope"),

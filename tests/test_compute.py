@@ -14,6 +14,7 @@ from entrgi.compute import (
     merged_totals,
     non_embedding_parameters,
     prompt_share,
+    reward_parameters,
 )
 from entrgi.experiment import run_experiment
 from entrgi.guidance import FKConfig, FKGuidance, NoGuidance, RewardGradientGuidance, SMCConfig, SMCGuidance
@@ -135,3 +136,17 @@ def test_run_records_and_summary(compose, tmp_path, toy_model, toy_reward):
     assert compute["dllm_forward_passes"] == B * T * K and compute["rm_forward_passes"] == B * K
     assert compute["flops"] == sum(r["compute"]["flops"] for r in records)
     assert (compute["dllm_parameters"], compute["rm_parameters"]) == (sizes.dllm_parameters, sizes.rm_parameters)
+
+
+def test_reward_parameters_count_the_reward_models_a_reward_runs(toy_reward):
+    """An RM's non-embedding parameters; a text scorer's none; a weighted sum's, those of its RM terms."""
+    from types import SimpleNamespace
+
+    from entrgi.rewards.length import LengthPenalty, LengthPenaltyConfig
+
+    rm = non_embedding_parameters(toy_reward.network)
+    length = LengthPenalty(LengthPenaltyConfig())
+    assert rm > 0
+    assert reward_parameters(toy_reward) == rm
+    assert reward_parameters(length) == 0
+    assert reward_parameters(SimpleNamespace(terms={"rm": toy_reward, "length": length})) == rm

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from entrgi.evaluators.base import Evaluator, EvaluatorConfig, Judgement, Responses
 from entrgi.schemas import schema
-from entrgi.toy.grammar import parse_prompt
-from entrgi.toy.oracle import oracle
+from entrgi.toy.oracle import oracle, unknown_prompt
 from entrgi.validation import ConfigError
 
 
@@ -35,12 +34,7 @@ class ToyOracle(Evaluator):
 
     @classmethod
     def check_prompts(cls, prompts: Sequence[tuple[str, str]]) -> str | None:
-        for prompt_id, text in prompts:
-            try:
-                parse_prompt(text)
-            except ValueError:
-                return f"it judges toy-world prompts only, and prompt {prompt_id!r} is not one ({text[:40]!r})"
-        return None
+        return unknown_prompt(prompts)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Judgement]:
         judgements = []

@@ -13,7 +13,7 @@ a new method is a new subclass plus a YAML file.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -112,6 +112,10 @@ class GuidanceConfig:
 
 class Guidance:
     """Base class: leaves the logits as they are."""
+
+    # Whether the method differentiates the reward (it then needs a reward model, `TextReward.differentiable`):
+    # read on the class before any model loads, to refuse a text reward (`entrgi.preflight.check_reward`).
+    needs_gradient: ClassVar[bool] = False
 
     def __init__(self, config: GuidanceConfig | None = None, *, model=None, reward=None):
         """Every method is built from its config and the models it may use; plain sampling uses neither."""

@@ -9,9 +9,14 @@ goes to the promising ones. Restated here as implemented:
 x̂ᵢ is its response with every still-masked position filled by the argmax of step t's logits
 (`estimate=argmax`, <mask> excluded) or by the token the sampler drew there at step t
 (`estimate=sample`: a draw under the sampler's τ, top-p and top-k, the one it would have
-committed). rᵢ(t) = RM(prompt, x̂ᵢ), scored on the device without gradient through the RM's token
-path (`BridgedReward.score_tokens`: under `fidelity=consistent`, exactly the text path's score of
-the decoded estimate).
+committed). rᵢ(t) = reward(prompt, x̂ᵢ), without gradient. A reward model scores it on the device
+through its token path (`BridgedReward.score_tokens`: under `fidelity=consistent`, exactly the text
+path's score of the decoded estimate). Any other reward (`reward=regex`, `callable`, `toy-oracle`,
+`sum`, …: `entrgi.rewards.text`) is a function of text: the estimates are decoded on the host as the
+final responses are (`model.decode`) and scored by its `score_texts` (`DecodedText`), exactly its
+final score of that text. That path reads the B·K estimates back from the device at every scored
+step: the one exception to the sampler's rule of no host reads in the loop, inherent to a Python
+scorer and taken only for a reward that is not differentiable.
 
 **Potentials** (λ = `strength` ≥ 0). Each particle carries one number hᵢ along its ancestry
 (a copy inherits its ancestor's), updated at every scoring step t:
@@ -63,7 +68,7 @@ from entrgi.guidance.base import Committed, Guidance, GuidanceConfig, Resampling
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
 from entrgi.resampling import effective_sample_size, multinomial_ancestors, systematic_ancestors
-from entrgi.rewards import RewardModel
+from entrgi.rewards.text import DecodedText, TextReward
 from entrgi.rewards.vocab_bridge import BridgedReward
 from entrgi.schemas import schema
 from entrgi.validation import ranged
@@ -111,29 +116,42 @@ _START = {Potential.diff: 0.0, Potential.max: float("-inf"), Potential.sum: 0.0}
 class FKGuidance(Guidance):
     """Feynman–Kac steering: leaves the logits as they are and resamples the particles.
 
-    Built from an `FKConfig` and the dLLM and RM it reads (one device, else ConfigError).
+    Built from an `FKConfig`, the dLLM and the reward it reads: a reward model (on the dLLM's device,
+    else ConfigError) scored on the device, or any other `TextReward` scored on the host.
     """
 
-    def __init__(self, config: FKConfig, *, model: DiffusionLM, reward: RewardModel,
+    def __init__(self, config: FKConfig, *, model: DiffusionLM, reward: TextReward,
                  bridged: BridgedReward | None = None):
         """`bridged`: the RM as read in dLLM ids, when another method already built it (its table is [V, d])."""
         super().__init__(config)
-        self.bridged = bridged or BridgedReward(model, reward)
+        # Exactly one of the two: the RM's device path, or the host text path of a text reward.
+        self.bridged = (bridged or BridgedReward(model, reward)) if reward.differentiable else None
+        self.decoded = None if reward.differentiable else DecodedText(model, reward)
         self.layout = None
         self.carried: torch.Tensor | None = None  # [N] hᵢ, per particle
         self.log_ratio: torch.Tensor | None = None  # [N] Σ log p/q since the prompt's last resampling, with a proposal
         self.ledger = ComputeLedger()
 
     def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
-        self.layout = self.bridged.reward.layout(prompts, num_samples, response_length)
         self.carried = self.log_ratio = None
         self.ledger = ComputeLedger()
-        self.ledger.rm_forward(*self.layout.precomputed)
+        if self.bridged is not None:
+            self.layout = self.bridged.reward.layout(prompts, num_samples, response_length)
+            self.ledger.rm_forward(*self.layout.precomputed)
+        else:
+            self.decoded.begin_batch(prompts, num_samples)
 
     def compute(self) -> ComputeLedger:
         """One RM forward over the B·K estimates per scored step (every step but the last with
         `ess_threshold` > 0, else every `resample_every`-th); and the prefix cache of `begin_batch`."""
         return self.ledger
+
+    def score(self, estimates: torch.Tensor) -> torch.Tensor:
+        """Float32 rewards [N] of clean-text estimates [N, L] (dLLM ids), on their device (module docstring)."""
+        if self.bridged is not None:
+            self.ledger.rm_forward(estimates.shape[0], self.layout.pass_width(estimates.shape[1]))
+            return self.bridged.score_tokens(self.layout, estimates)
+        return self.decoded.score_tokens(estimates, self.ledger)
 
     def _plan(self, step: int) -> tuple[bool, bool]:
         """(score at this step, resample every prompt on the schedule), decided on the host from the config."""
@@ -159,9 +177,7 @@ class FKGuidance(Guidance):
         if not score:
             return None
         k = committed.num_samples
-        estimates = self.estimate(committed)
-        rewards = self.bridged.score_tokens(self.layout, estimates)  # [N]
-        self.ledger.rm_forward(estimates.shape[0], self.layout.pass_width(estimates.shape[1]))
+        rewards = self.score(self.estimate(committed))  # [N]
         if self.carried is None:
             self.carried = torch.full_like(rewards, _START[self.config.potential])
         if self.config.potential == Potential.diff:

@@ -97,6 +97,8 @@ class RewardGradientGuidance(Guidance):
         min_coverage: fail when fewer dLLM tokens than this map exactly into the RM vocabulary.
     """
 
+    needs_gradient = True
+
     def __init__(self, config: RewardGradientConfig, *, model: DiffusionLM, reward: RewardModel,
                  bridged: BridgedReward | None = None):
         """`bridged`: the RM as read in dLLM ids, when another method already built it (its table is [V, d])."""

@@ -98,6 +98,8 @@ class SMCGuidance(Guidance):
     share one vocabulary bridge.
     """
 
+    needs_gradient = True
+
     def __init__(self, config: SMCConfig, *, model: DiffusionLM, reward: RewardModel):
         super().__init__(config)
         bridged = BridgedReward(model, reward)

@@ -109,7 +109,11 @@ class Run:
 
     @property
     def reward_model(self) -> str:
-        return Path(str(self.flat_config.get("reward.path", "?"))).name
+        """The reward's name: its checkpoint folder's, or a text scorer's class ('ToyOracleReward')."""
+        path = self.flat_config.get("reward.path")
+        if path is None:
+            return str(self.flat_config.get("reward._target_", "?")).rpartition(".")[2]
+        return Path(str(path)).name
 
     @property
     def M(self) -> int | None:

@@ -31,8 +31,10 @@ SI_PREFIXES = ("", "k", "M", "G", "T", "P", "E")  # of the FLOP/prompt column's 
 # The paper's column order; other method names follow alphabetically.
 METHOD_ORDER = ("none", "soft", "aps", "entrgi")
 # Not row keys: the seed is what a row averages over; benchmark.* defines the prompt slice,
-# which must be the same within a row (checked, not split); name is the method itself.
-NOT_ROW_KEYS = ("seed", "name", "benchmark", "reward.path", "guidance.M", *SHARD_KEYS, *EXECUTION_KEYS)
+# which must be the same within a row (checked, not split); name is the method itself; the reward's
+# path or class is its "Reward model" column.
+NOT_ROW_KEYS = ("seed", "name", "benchmark", "reward.path", "reward._target_", "guidance.M", *SHARD_KEYS,
+                *EXECUTION_KEYS)
 
 
 def _value(key: str, value: Any) -> Any:
@@ -339,7 +341,7 @@ def build_rows(runs: list[Run]) -> Table:
         varying = [k for k in keys if len({repr(flat.get(k)) for flat in flats}) > 1]
         groups: dict[tuple, list[Run]] = {}
         for run, flat in zip(members, flats, strict=True):
-            settings = tuple((k, flat.get(k)) for k in varying)
+            settings = tuple((k, flat[k]) for k in varying if k in flat)  # a key the run lacks is not a setting
             groups.setdefault((run.reward_model, run.M, settings), []).append(run)
         for (reward_model, m, settings), group in groups.items():
             by_seed: dict[Any, Run] = {}

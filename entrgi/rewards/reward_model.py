@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 import torch
 import transformers
@@ -46,21 +47,16 @@ class TextPath(StrEnum):
     splice = "splice"
 
 
-@schema("reward")
 @dataclass
-class RewardModelConfig:
-    """The `reward` config group."""
+class RewardReading:
+    """How a reward model reads a response: the `reward` keys the `fidelity` overlays set (see the README).
 
-    _target_: str = "entrgi.rewards.RewardModel"
-    path: str = MISSING
-    adapter_path: str | None = None
-    tokenizer_class: str | None = None
-    batch_size: int = ranged(8, low=1)
-    gradient_checkpointing: bool = False
-    prefix_cache: bool = True
-    device: str = "auto"
-    dtype: DType = DType.auto
-    # How the RM reads a response (the `fidelity` group sets all three; see the README):
+    Every option of the `reward` group has them, so a fidelity composes with any reward. A text
+    scorer (`entrgi.rewards.text`) reads the decoded response, which `model.decode` (also set by the
+    fidelity) decides, and nothing else: they change nothing there. An RM term of `reward=sum` reads
+    as its own keys say (`reward.rewards.<name>.text_path`); the shipped sum's RM term follows the sum's.
+    """
+
     # positions of the embedding path: "absolute" = every column occupies a position, hidden ones
     # and padding included, as when no position ids are passed (the authors' script); "visible" =
     # contiguous over the visible tokens.
@@ -73,6 +69,22 @@ class RewardModelConfig:
     # placeholder with the text's tokens spliced in verbatim ("splice": the very token
     # sequence the embedding path is built from).
     text_path: TextPath = TextPath.template
+
+
+@schema("reward")
+@dataclass
+class RewardModelConfig(RewardReading):
+    """The `reward` config group's reward models (the Skywork options, `tiny`)."""
+
+    _target_: str = "entrgi.rewards.RewardModel"
+    path: str = MISSING
+    adapter_path: str | None = None
+    tokenizer_class: str | None = None
+    batch_size: int = ranged(8, low=1)
+    gradient_checkpointing: bool = False
+    prefix_cache: bool = True
+    device: str = "auto"
+    dtype: DType = DType.auto
 
 
 # transformers 5.x renamed `past_key_values` to `cache` (the old name warns on every call).
@@ -107,7 +119,13 @@ class RewardInputLayout:
 
 
 class RewardModel:
-    """Scores (prompt, response) pairs with a frozen `AutoModelForSequenceClassification`."""
+    """Scores (prompt, response) pairs with a frozen `AutoModelForSequenceClassification`.
+
+    A `TextReward` (`score_texts`, the final scores) that is also differentiable: its embedding path
+    (`layout`, `score_embeds`) is what gradient guidance and fk's device path read.
+    """
+
+    differentiable: ClassVar[bool] = True
 
     def __init__(self, config: RewardModelConfig):
         """Load the classifier its `RewardModelConfig` names. The config's fields:

@@ -10,6 +10,8 @@ better by changing the one or two words that fail a check.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from entrgi.toy.grammar import parse_prompt, parse_response, plausible
 
 WELL_FORMED = 0.25
@@ -27,3 +29,14 @@ def oracle(prompt: str, response: str) -> float:
     checks = [getattr(scene, field) == value for field, value in request.constraints().items()]
     checks.append(plausible(scene.animal, scene.action))
     return WELL_FORMED + (1 - WELL_FORMED) * sum(checks) / len(checks)
+
+
+def unknown_prompt(prompts: Sequence[tuple[str, str]]) -> str | None:
+    """Why the oracle cannot score responses to these (id, text) prompts (the first that is not a toy
+    prompt), or None when it can."""
+    for prompt_id, text in prompts:
+        try:
+            parse_prompt(text)
+        except ValueError:
+            return f"it knows toy-world prompts only, and prompt {prompt_id!r} is not one ({text[:40]!r})"
+    return None
