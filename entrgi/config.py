@@ -136,11 +136,14 @@ def _device_slots(devices=None, cpu_jobs=2) -> int:
 
 # Gradient steps M that `arm` options exist for (experiment=tiny-study sweeps 1, 2, 3, 4, 6).
 ARM_STEPS = range(1, 11)
+# Samples (particles) K per prompt that `arm` options exist for (experiment=particle-study).
+ARM_SAMPLES = (2, 4, 8, 16, 32, 64)
 
 
 def _register_arms(cs: ConfigStore) -> None:
     """The `arm` group: one option per study cell, `none` or `<rule>-M<m>` (e.g. `+arm=entrgi-M3`) for
-    every registered weight rule (whose `guidance` option has the rule's name).
+    every registered weight rule (whose `guidance` option has the rule's name), and `<guidance>-K<k>`
+    (e.g. `+arm=fk-K8`: the guidance option with K samples per prompt) for every packaged guidance option.
 
     A product sweep `guidance=none,soft guidance.M=1,3` would give the unguided baseline an M it
     does not have; sweeping arms runs the baseline once per seed and M only where it means something.
@@ -150,6 +153,16 @@ def _register_arms(cs: ConfigStore) -> None:
         for steps in ARM_STEPS:
             node = {"defaults": [{"override /guidance": method}], "guidance": {"M": steps}}
             cs.store(group="arm", name=f"{method}-M{steps}", node=node, package="_global_")
+    for method in sorted(_guidance_options()):
+        for k in ARM_SAMPLES:
+            node = {"defaults": [{"override /guidance": method}], "sampler": {"num_samples": k}}
+            cs.store(group="arm", name=f"{method}-K{k}", node=node, package="_global_")
+
+
+def _guidance_options() -> list[str]:
+    """The packaged `guidance` options (conf/guidance/*.yaml)."""
+    return [entry.name.removesuffix(".yaml") for entry in resources.files("entrgi.conf").joinpath("guidance").iterdir()
+            if entry.name.endswith(".yaml")]
 
 
 def register() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from entrgi.config import ARM_STEPS
+from entrgi.config import ARM_SAMPLES, ARM_STEPS
 from entrgi.evaluators.oracle import ToyOracle
 from entrgi.validation import ConfigError
 
@@ -29,6 +29,26 @@ def test_the_study_sweeps_existing_arms_and_three_seeds(compose):
     assert params["seed"] == "1,2,3"
     for arm in arms:
         compose(["experiment=tiny", f"+arm={arm}"])  # every cell composes
+
+
+def test_a_k_arm_selects_its_guidance_and_samples(compose):
+    for method, target in (("none", "NoGuidance"), ("fk", "FKGuidance"), ("entrgi-smc", "SMCGuidance")):
+        cfg = compose(["experiment=tiny", f"+arm={method}-K16"])
+        assert cfg.guidance._target_.endswith(target) and cfg.sampler.num_samples == 16
+    assert compose(["experiment=tiny", "+arm=entrgi-K4"]).guidance.M == 3  # the option's own M
+
+
+def test_the_particle_study_sweeps_best_of_n_fk_and_entrgi_cells(compose):
+    from hydra.core.hydra_config import HydraConfig
+
+    compose(["experiment=particle-study"])
+    params = HydraConfig.get().sweeper.params
+    arms = params["+arm"].split(",")
+    assert arms == ["none-K4", "none-K8", "none-K16", "none-K32", "fk-K4", "fk-K8", "entrgi-K4", "entrgi-smc-K4"]
+    assert {int(arm.rsplit("-K", 1)[1]) for arm in arms} <= set(ARM_SAMPLES)
+    assert params["seed"] == "1,2,3"
+    for arm in arms:
+        compose(["experiment=tiny", f"+arm={arm}"])
 
 
 def test_the_oracle_judge_scores_every_response_with_the_ground_truth():

@@ -125,7 +125,14 @@ class Row:
         order = METHOD_ORDER.index(self.method) if self.method in METHOD_ORDER else len(METHOD_ORDER)
         size = model_size(self.reward_model)
         return (self.benchmark, order, self.method, size is None, size or 0.0, self.reward_model,
-                self.M is not None, self.M or 0, self.settings_text)
+                self.M is not None, self.M or 0, [(key, _natural(value)) for key, value in self.settings])
+
+
+def _natural(value: Any) -> tuple:
+    """A sort key putting numbers in numeric order (K = 4, 8, 16, 32), before any other value."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, str(value))
 
 
 @dataclass
