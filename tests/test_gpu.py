@@ -26,19 +26,33 @@ def bf16_models(random_paths):
     return model, reward
 
 
-def _sampler(model, reward, rule: str) -> tuple[DiffusionSampler, RewardGradientGuidance]:
-    guidance = RewardGradientGuidance(guidance_config(rule=rule), model=model, reward=reward)
-    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=model,
-                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
-    return sampler, guidance
+def _sampler(model, guidance, temperature: float = 0.7) -> DiffusionSampler:
+    return DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6, temperature=temperature), model=model,
+                            schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
+
+
+def _denoise_without_syncs(model, guidance, temperature: float = 0.7):
+    """Run the denoising loop on PROMPTS with any host-device sync raising; (its Denoised, the canvas)."""
+    sampler = _sampler(model, guidance, temperature)
+    canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
+    guidance.begin_batch(PROMPTS, 2, 6)
+    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2, device=canvas.device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        denoised = sampler.denoise(canvas, attention, noise)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert (canvas[:, -6:] != model.mask_token_id).all()
+    return denoised
 
 
 @pytest.mark.parametrize("rule", ["soft", "aps", "entrgi"])
 def test_bf16_guided_generation_completes_with_finite_statistics(bf16_models, rule):
     """Both models in bf16 on CUDA: every response is unmasked, the relaxed reward curve is finite and w in [0, 1]."""
     model, reward = bf16_models
-    sampler, guidance = _sampler(model, reward, rule)
-    generation = sampler.generate(PROMPTS, ["a", "b"], seed=1)
+    guidance = RewardGradientGuidance(guidance_config(rule=rule), model=model, reward=reward)
+    generation = _sampler(model, guidance).generate(PROMPTS, ["a", "b"], seed=1)
     assert generation.responses.shape == (2 * 2, 6)
     assert (generation.responses != model.mask_token_id).all()
     guided = [row for row in generation.steps if "E_mean" in row]
@@ -49,18 +63,9 @@ def test_bf16_guided_generation_completes_with_finite_statistics(bf16_models, ru
 @pytest.mark.parametrize("rule", ["soft", "aps", "entrgi"])
 def test_denoising_loop_never_syncs_with_the_device(bf16_models, rule):
     model, reward = bf16_models
-    sampler, guidance = _sampler(model, reward, rule)
-    canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
-    guidance.begin_batch(PROMPTS, 2, 6)
-    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2, device=canvas.device)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        denoised = sampler.denoise(canvas, attention, noise)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    guidance = RewardGradientGuidance(guidance_config(rule=rule), model=model, reward=reward)
+    denoised = _denoise_without_syncs(model, guidance)
     assert len(denoised.steps) == 4 and denoised.nonfinite.read() == {}
-    assert (canvas[:, -6:] != model.mask_token_id).all()
 
 
 @pytest.mark.parametrize("resampling", ["systematic", "multinomial"])
@@ -69,19 +74,8 @@ def test_fk_resampling_never_syncs_with_the_device(bf16_models, resampling):
     model, reward = bf16_models
     guidance = FKGuidance(FKConfig(resampling=resampling, resample_every=2, ess_threshold=0.9), model=model,
                           reward=reward)
-    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=model,
-                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
-    canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
-    guidance.begin_batch(PROMPTS, 2, 6)
-    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2, device=canvas.device)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        steps = sampler.denoise(canvas, attention, noise).steps
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    steps = _denoise_without_syncs(model, guidance).steps
     assert [("ess_mean" in row) for row in steps] == [True, True, True, False]
-    assert (canvas[:, -6:] != model.mask_token_id).all()
 
 
 @pytest.mark.parametrize("temperature", [0.7, 0.0])
@@ -91,16 +85,5 @@ def test_smc_never_syncs_with_the_device(bf16_models, temperature):
     config = SMCConfig(proposal=guidance_config(rule="entrgi", M=2, temperature=0.7),
                        steering=FKConfig(resample_every=2, ess_threshold=0.9))
     guidance = SMCGuidance(config, model=model, reward=reward)
-    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6, temperature=temperature), model=model,
-                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
-    canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
-    guidance.begin_batch(PROMPTS, 2, 6)
-    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2, device=canvas.device)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        steps = sampler.denoise(canvas, attention, noise).steps
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    steps = _denoise_without_syncs(model, guidance, temperature).steps
     assert [("log_importance_mean" in row) for row in steps] == [True, True, True, False]
-    assert (canvas[:, -6:] != model.mask_token_id).all()

@@ -57,22 +57,28 @@ def test_the_guard_catches_a_host_read():
         torch.ones(1).sum().item()
 
 
+PROMPTS = ["Describe the cat.", "Why is the old robot happy?"]
+
+
+def _denoise_reading_nothing(model, guidance, schedule, temperature: float = 0.7, patched=None):
+    """Run the denoising loop on PROMPTS (K = 2, 6 tokens) with every host read raising, inside `patched`."""
+    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6, temperature=temperature), model=model,
+                               schedule=schedule, guidance=guidance)
+    canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
+    guidance.begin_batch(PROMPTS, 2, 6)
+    with patched or contextlib.nullcontext(), host_reads_forbidden():
+        return sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2))
+
+
 @pytest.mark.parametrize("rule", [None, "soft", "aps", "entrgi"])
 @pytest.mark.parametrize("schedule", [EntropySchedule, MaskGitPlusSchedule, OriginSchedule, LowConfidenceSchedule])
 def test_denoise_reads_nothing_back(random_model, random_reward, rule, schedule):
     guidance = (RewardGradientGuidance(guidance_config(rule=rule, keep="best"), model=random_model,
-            reward=random_reward)
+                                       reward=random_reward)
                 if rule else NoGuidance())
     config = LowConfidenceConfig(steps=4, block_length=3) if schedule is LowConfidenceSchedule else \
         ScheduleConfig(steps=4, alg_temp=0.5)
-    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=random_model,
-                               schedule=schedule(config), guidance=guidance)
-    prompts = ["Describe the cat.", "Why is the old robot happy?"]
-    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
-    guidance.begin_batch(prompts, 2, 6)
-    noise = TrajectoryNoise.for_prompts(0, ["a", "b"], 2)
-    with host_reads_forbidden():
-        denoised = sampler.denoise(canvas, attention, noise)
+    denoised = _denoise_reading_nothing(random_model, guidance, schedule(config))
     assert len(denoised.steps) == 4
     assert denoised.nonfinite.read() == {}
 
@@ -81,16 +87,10 @@ def test_denoise_reads_nothing_back(random_model, random_reward, rule, schedule)
 def test_the_non_finite_check_reads_nothing_back(random_model, random_reward, source):
     """NaN logits from step 2 on (the dLLM's, or the guided ones through a NaN reward) are recorded on the device."""
     guidance = RewardGradientGuidance(guidance_config(rule="entrgi", M=1), model=random_model, reward=random_reward)
-    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=random_model,
-                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
-    prompts = ["Describe the cat.", "Why is the old robot happy?"]
-    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
-    guidance.begin_batch(prompts, 2, 6)
     patched = (random_model, "logits") if source == "dllm" else (random_reward, "score_embeds")
-    with nan_from_call(*patched, 2), host_reads_forbidden():
-        denoised = sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2))
+    denoised = _denoise_reading_nothing(random_model, guidance, EntropySchedule(ScheduleConfig(steps=4)),
+                                        patched=nan_from_call(*patched, 2))
     assert denoised.nonfinite.read() == ({"dllm": 2, "guided": 2} if source == "dllm" else {"guided": 2})
-
 
 
 @pytest.mark.parametrize("resampling", ["systematic", "multinomial"])
@@ -99,13 +99,7 @@ def test_resampling_reads_nothing_back(random_model, random_reward, resampling, 
     """fk scores, weighs and resamples on the device: on a schedule and by ESS, decided by tensor masks."""
     guidance = FKGuidance(FKConfig(resampling=resampling, estimate=estimate, resample_every=2, ess_threshold=0.9),
                           model=random_model, reward=random_reward)
-    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6), model=random_model,
-                               schedule=EntropySchedule(ScheduleConfig(steps=4)), guidance=guidance)
-    prompts = ["Describe the cat.", "Why is the old robot happy?"]
-    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
-    guidance.begin_batch(prompts, 2, 6)
-    with host_reads_forbidden():
-        steps = sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2)).steps
+    steps = _denoise_reading_nothing(random_model, guidance, EntropySchedule(ScheduleConfig(steps=4))).steps
     assert [("resampled_fraction" in row) for row in steps] == [True, True, True, False]
 
 
@@ -117,11 +111,5 @@ def test_smc_reads_nothing_back(random_model, random_reward, schedule, temperatu
     config = SMCConfig(proposal=guidance_config(rule="entrgi", M=2, temperature=0.7),
                        steering=FKConfig(resample_every=2, ess_threshold=0.9))
     guidance = SMCGuidance(config, model=random_model, reward=random_reward)
-    sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6, temperature=temperature),
-                               model=random_model, schedule=schedule(ScheduleConfig(steps=4)), guidance=guidance)
-    prompts = ["Describe the cat.", "Why is the old robot happy?"]
-    canvas, attention = sampler.build_canvas([random_model.encode_prompt(p) for p in prompts])
-    guidance.begin_batch(prompts, 2, 6)
-    with host_reads_forbidden():
-        steps = sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2)).steps
+    steps = _denoise_reading_nothing(random_model, guidance, schedule(ScheduleConfig(steps=4)), temperature).steps
     assert [("log_importance_mean" in row) for row in steps] == [True, True, True, False]
