@@ -26,12 +26,14 @@ import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from entrgi.cli import describe, hydra_command
 from entrgi.components import build
 from entrgi.noise import TrajectoryNoise
+from entrgi.rewards import RewardModel
 from entrgi.sampler import DiffusionSampler
 from entrgi.validation import ConfigError, validate
 from entrgi.weights import ResourceUnavailable
@@ -155,6 +157,9 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 def main(cfg: DictConfig) -> None:
     try:
         validate(cfg)
+        if not issubclass(get_class(cfg.reward._target_), RewardModel):
+            raise ConfigError(f"reward={HydraConfig.get().runtime.choices.get('reward')} is not a reward model: "
+                              "entrgi.perf times the RM's forward and backward passes (use reward=tiny or skywork-*)")
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("guidance=")]
         method_cfgs = {method: _compose_method(overrides, method) for method in cfg.perf.methods}
         model, reward = build(cfg.model), build(cfg.reward)

@@ -99,6 +99,8 @@ def test_a_user_asking_for_full_errors_gets_hydras_exception(monkeypatch):
     (["experiment=tiny", "perf.methods=[none,nope]"],
      f"perf.methods: guidance=nope: no such option; the options are {_options('guidance')}"),
     (["experiment=tiny", "sampler.top_p=2"], "sampler.top_p=2.0 is not allowed: expected a value in (0.0, 1.0]"),
+    (["experiment=tiny", "reward=length"], "reward=length is not a reward model: entrgi.perf times the RM's forward "
+                                           "and backward passes (use reward=tiny or skywork-*)"),
 ])
 def test_perf_refuses_a_bad_method_or_value_before_loading_models(monkeypatch, capsys, tmp_path, argv, line):
     from entrgi import perf
