@@ -41,8 +41,9 @@ QWEN_NAMES = {
     "attn_norm": "model.layers.{i}.input_layernorm.weight", "q": "model.layers.{i}.self_attn.q_proj",
     "k": "model.layers.{i}.self_attn.k_proj", "v": "model.layers.{i}.self_attn.v_proj",
     "o": "model.layers.{i}.self_attn.o_proj", "q_norm": "model.layers.{i}.self_attn.q_norm.weight",
-    "k_norm": "model.layers.{i}.self_attn.k_norm.weight", "mlp_norm": "model.layers.{i}.post_attention_layernorm.weight",
-    "gate": "model.layers.{i}.mlp.gate_proj", "up": "model.layers.{i}.mlp.up_proj", "down": "model.layers.{i}.mlp.down_proj",
+    "k_norm": "model.layers.{i}.self_attn.k_norm.weight",
+    "mlp_norm": "model.layers.{i}.post_attention_layernorm.weight", "gate": "model.layers.{i}.mlp.gate_proj",
+    "up": "model.layers.{i}.mlp.up_proj", "down": "model.layers.{i}.mlp.down_proj",
 }
 LLADA_NAMES = {
     "embed": "model.transformer.wte.weight", "head": "model.transformer.ff_out.weight",

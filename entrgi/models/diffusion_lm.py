@@ -10,9 +10,9 @@ with the causal flag turned off gives the same networks without executing downlo
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from collections.abc import Mapping
 from typing import Any
 
 import torch
