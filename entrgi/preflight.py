@@ -238,8 +238,7 @@ def check_inputs(cfg: DictConfig, prompts: list[Prompt]) -> list[Prompt]:
 def check_model(node: DictConfig, model: Checkpoint) -> None:
     """The dLLM's backbone is a transformers causal-LM class (its causal flag is turned off at load) and its
     mask, EOS and stop tokens resolve (`special_tokens`), from its config.json and tokenizer alone; else
-    ConfigError naming the key.
-    Applies `model.chat_template` to the checked tokenizer, as loading will."""
+    ConfigError naming the key. Applies `model.chat_template` to the checked tokenizer, as loading will."""
     if str(node.backbone) not in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
         raise ConfigError(f"model.backbone={node.backbone!r} is not a transformers causal-LM class "
                           "(e.g. Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM)")

@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from entrgi.benchmarks import Prompt
 from entrgi.components import build
 from entrgi.experiment import run_experiment
 from entrgi.preflight import check_inputs
@@ -191,6 +192,20 @@ def test_guided_tiny_job_through_from_pretrained(compose, tmp_path, random_paths
     assert summary["n_prompts"] == 2 and 0 < summary["vocab_coverage"] < 1
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(len(json.loads(line)["responses"]) == 4 for line in lines)
+
+
+def test_a_chat_template_given_in_the_config_replaces_the_checkpoints(compose, random_paths):
+    """model.chat_template (for a checkpoint without one): used by the model and by the pre-load context check."""
+    cfg = compose(["experiment=tiny", "evaluator=[]", *HF, f"model.path={random_paths['a2d']}",
+                   "sampler.max_new_tokens=8"])
+    prompt = Prompt(id="p", text="the cat sees the dog")
+    assert check_inputs(cfg, [prompt]) == [prompt]
+    cfg.model.chat_template = "{{- 'Q: ' + messages[0].content + '\\nA:' }}"
+    model = build(cfg.model)
+    assert model.tokenizer.decode(model.encode_prompt("Hi there")) == "Q: Hi there\nA:"
+    cfg.model.chat_template = "{{- (messages[0].content + ' ') * 300 }}"  # over the 1,024 positions
+    with pytest.raises(ConfigError, match=r"prompt 'p' needs \d+ positions in the dLLM"):
+        check_inputs(cfg, [prompt])
 
 
 def _without_mask(source: Path, target: Path) -> Path:
