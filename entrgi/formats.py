@@ -28,7 +28,8 @@ DREAM_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 # Qwen3's template: the last assistant turn after the last user message carries a think
-# block (empty when there is no reasoning); a `</think>` inside the content is split off.
+# block (empty when there is no reasoning); a `</think>` inside the content is split off;
+# `enable_thinking=False` closes an empty think block after the generation prompt.
 QWEN3_CHAT_TEMPLATE = (
     "{%- set ns = namespace(last_user=-1) %}"
     "{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}"
@@ -46,7 +47,9 @@ QWEN3_CHAT_TEMPLATE = (
     "{{- '<|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}"
     "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
 )
 # LLaDA's Llama-3 style template.
 LLADA_CHAT_TEMPLATE = (
@@ -57,7 +60,11 @@ LLADA_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 DREAM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
+# DiffuCoder pads a response with its own token after Dream's mask (the authors split outputs at it).
+DIFFUCODER_SPECIALS = [*DREAM_SPECIALS, "<|dlm_pad|>"]
 REWARD_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+# dllm's AR-to-diffusion Qwen3 models: Qwen3's tokens, and `<|mask|>` added after them (dllm.utils.get_tokenizer).
+A2D_SPECIALS = [*REWARD_SPECIALS, "<|mask|>"]
 LLADA_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                   "<|mdm_mask|>"]
 # LLaDA checkpoints name Llama's modules the OLMo way.
@@ -98,10 +105,11 @@ def train_bpe(text: list[str], vocab_size: int, special_tokens: list[str]) -> To
     return tokenizer
 
 
-def dream_tokenizer(text: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Dream's special tokens (pad = eos = <|endoftext|>, <|mask|>) and chat template on a BPE trained on `text`."""
+def dream_tokenizer(text: list[str], vocab_size: int, specials: list[str] = DREAM_SPECIALS) -> PreTrainedTokenizerFast:
+    """Dream's special tokens (pad = eos = <|endoftext|>, <|mask|>; `specials` may add more, as
+    DiffuCoder's <|dlm_pad|>) and chat template on a BPE trained on `text`."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_bpe(text, vocab_size, DREAM_SPECIALS), eos_token="<|endoftext|>",
+        tokenizer_object=train_bpe(text, vocab_size, specials), eos_token="<|endoftext|>",
         pad_token="<|endoftext|>", mask_token="<|mask|>",
     )
     tokenizer.chat_template = DREAM_CHAT_TEMPLATE
@@ -208,6 +216,39 @@ def reward_config(tokenizer: PreTrainedTokenizerFast, size: dict[str, int], **se
         tie_word_embeddings=False, num_labels=1, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, **settings,
     )
+
+
+def a2d_tokenizer(text: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Qwen3's special tokens (eos = <|im_end|>, pad = <|endoftext|>) and chat template, and dllm's
+    <|mask|> after them, on a BPE trained on `text`."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=train_bpe(text, vocab_size, A2D_SPECIALS), eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", mask_token="<|mask|>",
+    )
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def a2d_config(tokenizer: PreTrainedTokenizerFast, size: dict[str, int], **settings) -> Qwen3Config:
+    """A Qwen3 causal-LM config in Qwen3-0.6B's layout (tied embeddings, grouped KV heads) for `tokenizer`."""
+    return Qwen3Config(
+        vocab_size=len(tokenizer), **size, num_key_value_heads=size["num_attention_heads"] // 2,
+        head_dim=size["hidden_size"] // size["num_attention_heads"], max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        **settings,
+    )
+
+
+def save_a2d(folder: Path, network: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Write a Qwen3 causal LM the way dllm's AR-to-diffusion models ship (`dllm/pipelines/a2d/convert.py`
+    then SFT, e.g. Qwen3-0.6B-diffusion-mdlm-v0.1): transformers' Qwen3 weight names (the LM head tied to
+    the embedding, so not stored), config.json with model type `a2d-qwen3` and architecture
+    `A2DQwen3LMHeadModel` that only the dllm package registers, a fast tokenizer with <|mask|>."""
+    tokenizer.save_pretrained(folder)
+    network.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="a2d-qwen3", architectures=["A2DQwen3LMHeadModel"])
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def save_reward(folder: Path, network: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> None:

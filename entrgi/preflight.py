@@ -26,9 +26,10 @@ import transformers
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from entrgi.benchmarks import Prompt, Truncate
-from entrgi.models.diffusion_lm import encode_prompt
+from entrgi.models.diffusion_lm import encode_prompt, special_tokens
 from entrgi.rewards.reward_model import RewardModel, template_parts
 from entrgi.rewards.text import TextScorer
 from entrgi.rewards.vocab_bridge import build_vocab_bridge
@@ -210,6 +211,7 @@ def check_inputs(cfg: DictConfig, prompts: list[Prompt]) -> list[Prompt]:
     model's context."""
     model = check_checkpoint(cfg.model.path, "model.path", cfg.model.get("config_keys"),
                              cfg.model.get("tokenizer_class"))
+    check_model(cfg.model, model)
     rewards = {key: check_checkpoint(node.path, f"{key}.path", None, node.get("tokenizer_class"))
                for key, node in reward_models(cfg)}
     # The guidance feeds the RM dLLM tokens (a reward-gradient proposal inside SMC holds its key under proposal):
@@ -233,6 +235,18 @@ def check_inputs(cfg: DictConfig, prompts: list[Prompt]) -> list[Prompt]:
     return prompts
 
 
+def check_model(node: DictConfig, model: Checkpoint) -> None:
+    """The dLLM's backbone is a transformers causal-LM class (its causal flag is turned off at load) and its
+    mask, EOS and stop tokens resolve (`special_tokens`), from its config.json and tokenizer alone; else
+    ConfigError naming the key. Applies `model.chat_template` to the checked tokenizer, as loading will."""
+    if str(node.backbone) not in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        raise ConfigError(f"model.backbone={node.backbone!r} is not a transformers causal-LM class "
+                          "(e.g. Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM)")
+    if node.get("chat_template"):
+        model.tokenizer.chat_template = node.chat_template
+    special_tokens(node, model.config, model.tokenizer)
+
+
 @dataclass
 class _Context:
     name: str  # "dLLM", "RM", "RM reward.rewards.rm"
@@ -240,12 +254,13 @@ class _Context:
     tokenizer: Any
     new_tokens: int  # the response region, beside the prompt in its chat template
     rm: bool  # a reward model: the prompt in its template with the response; else the dLLM's prompt encoding
+    template_kwargs: Mapping[str, Any] | None = None  # the dLLM's `model.chat_template_kwargs`
 
     def need(self, text: str) -> int:
         if self.rm:
             prefix, suffix = template_parts(self.tokenizer, text)
             return len(prefix) + len(suffix) + self.new_tokens
-        return len(encode_prompt(self.tokenizer, text)) + self.new_tokens
+        return len(encode_prompt(self.tokenizer, text, self.template_kwargs)) + self.new_tokens
 
 
 def fit_context(cfg: DictConfig, prompts: list[Prompt], model: Checkpoint,
@@ -254,7 +269,8 @@ def fit_context(cfg: DictConfig, prompts: list[Prompt], model: Checkpoint,
     of the dLLM and of each reward model (`rewards`, by key; none for a text scorer): refused
     (`benchmark.truncate=none`) or cut from the left (`left`)."""
     new_tokens = int(cfg.sampler.max_new_tokens)
-    contexts = [_Context("dLLM", model.config.get("max_position_embeddings"), model.tokenizer, new_tokens, False)]
+    contexts = [_Context("dLLM", model.config.get("max_position_embeddings"), model.tokenizer, new_tokens, False,
+                         cfg.model.get("chat_template_kwargs"))]
     contexts += [_Context("RM" if key == "reward" else f"RM {key}", rm.config.get("max_position_embeddings"),
                           rm.tokenizer, new_tokens, True) for key, rm in rewards.items()]
     if all(c.limit is None for c in contexts):

@@ -1,4 +1,5 @@
-"""The random offline worlds: Dream- and LLaDA-format dLLMs and a Qwen3 reward model, untrained.
+"""The random offline worlds: Dream-, DiffuCoder-, LLaDA- and dllm-A2D-format dLLMs and a Qwen3 reward model,
+untrained.
 
 They prove the plumbing, not the method (their reward means nothing; the trained toy world,
 `entrgi.toy`, is the one where guidance has a target): the real on-disk formats
@@ -17,20 +18,30 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForSequenceClassification
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2ForCausalLM,
+    Qwen3ForCausalLM,
+    Qwen3ForSequenceClassification,
+)
 
 from entrgi.formats import (
+    DIFFUCODER_SPECIALS,
+    a2d_config,
+    a2d_tokenizer,
     dream_config,
     dream_tokenizer,
     llada_tokenizer,
     reward_config,
     reward_tokenizer,
+    save_a2d,
     save_dream,
     save_llada,
     save_reward,
 )
 
-VERSION = "random-world-v3"
+VERSION = "random-world-v4"
 
 # Network sizes: `tiny` for format and plumbing tests, `mid` for performance measurements
 # where model compute is not negligible next to Python overhead.
@@ -76,6 +87,18 @@ def _write_dllm(folder: Path, text: list[str], size: dict[str, int]) -> None:
     torch.manual_seed(0)
     # A wide initialisation makes the random dLLM's distributions peaked, as a trained one's are.
     save_dream(folder, Qwen2ForCausalLM(dream_config(tokenizer, size, initializer_range=0.25)), tokenizer)
+
+
+def _write_diffucoder(folder: Path, text: list[str], size: dict[str, int]) -> None:
+    tokenizer = dream_tokenizer(text, vocab_size=410, specials=DIFFUCODER_SPECIALS)
+    torch.manual_seed(3)
+    save_dream(folder, Qwen2ForCausalLM(dream_config(tokenizer, size, initializer_range=0.25)), tokenizer)
+
+
+def _write_a2d(folder: Path, text: list[str], size: dict[str, int]) -> None:
+    tokenizer = a2d_tokenizer(text, vocab_size=380)
+    torch.manual_seed(4)
+    save_a2d(folder, Qwen3ForCausalLM(a2d_config(tokenizer, size, initializer_range=0.25)), tokenizer)
 
 
 def _write_llada(folder: Path, text: list[str], size: dict[str, int]) -> None:
@@ -129,7 +152,10 @@ def ensure_random_world(size: str = "tiny", root: Path | None = None) -> dict[st
         text = corpus()
         _write_dllm(staging / "dream", text, SIZES[size])
         _write_llada(staging / "llada", text, SIZES[size])
+        _write_diffucoder(staging / "diffucoder", text, SIZES[size])
+        _write_a2d(staging / "a2d", text, SIZES[size])
         _write_reward(staging / "skywork", text, SIZES[size])
 
     build_once(target, target.parent / f"{size}.lock", build)
-    return {"dllm": target / "dream", "llada": target / "llada", "reward": target / "skywork"}
+    return {"dllm": target / "dream", "llada": target / "llada", "diffucoder": target / "diffucoder",
+            "a2d": target / "a2d", "reward": target / "skywork"}

@@ -52,6 +52,12 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
     def no_tokenizer(folder):
         (folder / "vocab.json").unlink()
 
+    def no_mask(folder):  # neither config.json nor the tokenizer names a mask token
+        for name, key in (("config.json", "mask_token_id"), ("tokenizer_config.json", "mask_token")):
+            settings = json.loads((folder / name).read_text())
+            settings.pop(key, None)
+            (folder / name).write_text(json.dumps(settings))
+
     return [
         ("duplicate prompt ids", file("dup.jsonl", lines + json.dumps({"text": "Other", "id": "a"}) + "\n")
          + ["benchmark.id_field=id"], "benchmark.id_field"),
@@ -73,6 +79,10 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
          "reward.path"),
         ("missing tokenizer", [f"model.path={_checkpoint(folder, 'dllm', 'no-tokenizer', no_tokenizer)}"],
          "model.path"),
+        ("model=hf on a checkpoint without a mask token",
+         ["model=hf", f"model.path={_checkpoint(folder, 'dllm', 'no-mask', no_mask)}",
+          "model.backbone=Qwen2ForCausalLM", "model.logit_shift=true", "model.tokenizer_class=Qwen2Tokenizer"],
+         "model.mask_token_id"),
         ("model.device=cuda without CUDA", ["model.device=cuda"], "model.device"),
         ("guidance.min_coverage above the coverage", ["guidance=entrgi", "guidance.min_coverage=0.99"],
          "guidance.min_coverage"),

@@ -13,7 +13,7 @@ from entrgi.schedule import LowConfidenceConfig, LowConfidenceSchedule
 from entrgi.validation import ConfigError, validate
 from entrgi.weights import WeightsUnavailable, resolve_checkpoint
 
-REAL_MODELS = ["dream-7b", "llada-8b"]
+REAL_MODELS = ["dream-7b", "llada-8b", "llada-1.5", "dream-coder-7b", "diffucoder-7b", "qwen3-0.6b-mdlm"]
 REAL_REWARDS = ["skywork-0.6b", "skywork-1.7b", "skywork-4b", "skywork-8b"]
 REAL_BENCHMARKS = ["reward-bench-2", "rm-bench", "judgebench"]
 SMALL = ["logger=none", "schedule.steps=4", "sampler.max_new_tokens=8", "benchmark.n_prompts=2"]

@@ -10,6 +10,7 @@ with the causal flag turned off gives the same networks without executing downlo
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -50,12 +51,26 @@ class DiffusionLMConfig:
     mask_token_id: int | None = None
     eos_token_id: int | None = None
     stop_tokens: list[str] = field(default_factory=list)
+    # Keyword arguments of the chat template (Qwen3's `enable_thinking`), and a template replacing the
+    # checkpoint's own (for a checkpoint that ships none).
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None
     logit_shift: bool = True
     device: str = "auto"
     dtype: DType = DType.auto
     # The final text: the whole response region with special tokens skipped, text after a stop
     # token kept ("whole", the authors' script), or cut at the first stop token ("to_stop").
     decode: Decode = Decode.whole
+
+
+@schema("model", "hf")
+@dataclass
+class AnyDiffusionLMConfig(DiffusionLMConfig):
+    """`model=hf`: any checkpoint of a known architecture; its backbone and logit shift must be given
+    (no Dream defaults), the mask and EOS ids come from the checkpoint unless set."""
+
+    backbone: str = MISSING
+    logit_shift: bool = MISSING
 
 
 class DiffusionLM:
@@ -74,6 +89,8 @@ class DiffusionLM:
             checkpoint names (Dream names a remote-code class).
         mask_token_id, eos_token_id: override the ids in the checkpoint's config.json.
         stop_tokens: extra tokens that end a decoded response (e.g. end-of-turn), by name.
+        chat_template_kwargs: keyword arguments of the chat template (Qwen3's `enable_thinking`).
+        chat_template: a Jinja chat template used instead of the checkpoint's.
         logit_shift: position j reads the output at j-1 (Dream) or its own (LLaDA).
         decode: "whole" (the authors' script) or "to_stop" (cut at the first stop token).
     """
@@ -117,23 +134,17 @@ class DiffusionLM:
         if config.tokenizer_class:
             tok_cls = getattr(transformers, config.tokenizer_class)
         self.tokenizer = tok_cls.from_pretrained(folder)
-        self.mask_token_id = _first_set(config.mask_token_id, raw.get("mask_token_id"), self.tokenizer.mask_token_id)
-        eos = _single(raw.get("eos_token_id"))
-        self.eos_token_id = _first_set(config.eos_token_id, eos, self.tokenizer.eos_token_id)
-        self.pad_token_id = _first_set(raw.get("pad_token_id"), self.tokenizer.pad_token_id, self.eos_token_id)
-        if self.mask_token_id is None:
-            raise ValueError(f"model.mask_token_id is not set and {config.path} defines no mask token")
-        unknown = [t for t in config.stop_tokens if t not in self.tokenizer.get_vocab()]
-        if unknown:
-            raise ValueError(f"model.stop_tokens: {unknown} not in the tokenizer of {config.path}")
-        stops = self.tokenizer.convert_tokens_to_ids(list(config.stop_tokens))
-        self.stop_token_ids = sorted({self.eos_token_id, *stops})
+        if config.chat_template:
+            self.tokenizer.chat_template = config.chat_template
+        tokens = special_tokens(config, raw, self.tokenizer)
+        self.mask_token_id, self.eos_token_id, self.pad_token_id = tokens.mask, tokens.eos, tokens.pad
+        self.stop_token_ids = tokens.stops
         self.logit_shift = config.logit_shift
         self.vocab_size = self.network.get_output_embeddings().weight.shape[0]
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of the prompt in the model's chat template, ready for the response."""
-        return encode_prompt(self.tokenizer, prompt)
+        return encode_prompt(self.tokenizer, prompt, self.config.chat_template_kwargs)
 
     def decode(self, response_ids: list[int]) -> str:
         """Text of a response, special tokens skipped: all of it (`decode="whole"`, the authors' script:
@@ -175,11 +186,47 @@ class DiffusionLM:
         return self.network.get_output_embeddings()(hidden).float()
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids of `prompt` in the dLLM's chat template, ready for the response (also checked before loading)."""
+def encode_prompt(tokenizer, prompt: str, template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+    """Token ids of `prompt` in the dLLM's chat template (called with `template_kwargs`, e.g.
+    `enable_thinking=False`), ready for the response (also checked before loading)."""
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+                                         add_generation_prompt=True, **dict(template_kwargs or {}))
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class SpecialTokens:
+    """The ids a dLLM's sampler needs (`special_tokens`)."""
+
+    mask: int
+    eos: int
+    pad: int
+    stops: list[int]  # EOS and the stop tokens, sorted
+
+
+def special_tokens(config: DiffusionLMConfig, raw: Mapping[str, Any], tokenizer) -> SpecialTokens:
+    """Mask, EOS, pad and stop ids from `config` first, then the checkpoint's config.json (`raw`), then its
+    tokenizer. Raises ConfigError naming the key to set when the mask or EOS id is found nowhere, an id is
+    outside the vocabulary, or a stop token is not in the tokenizer; checked before the weights load
+    (`entrgi.preflight`) and again at load."""
+    vocab = tokenizer.get_vocab()
+    mask = _first_set(config.mask_token_id, raw.get("mask_token_id"), tokenizer.mask_token_id)
+    eos = _first_set(config.eos_token_id, _single(raw.get("eos_token_id")), tokenizer.eos_token_id)
+    for key, value, what in (("mask_token_id", mask, "mask token"), ("eos_token_id", eos, "EOS token")):
+        if value is None:
+            raise ConfigError(f"model.{key} is not set and model.path={config.path!r} defines no {what} "
+                              f"(config.json {key}, tokenizer): give model.{key}=<id>")
+    size = max(len(tokenizer), int(raw.get("vocab_size") or 0))
+    for key, value in (("mask_token_id", mask), ("eos_token_id", eos)):
+        if not 0 <= value < size:
+            raise ConfigError(f"model.{key}={value} is outside the vocabulary of model.path={config.path!r} "
+                              f"({size} ids)")
+    unknown = [t for t in config.stop_tokens if t not in vocab]
+    if unknown:
+        raise ConfigError(f"model.stop_tokens: {unknown} not in the tokenizer of model.path={config.path!r}")
+    pad = _first_set(raw.get("pad_token_id"), tokenizer.pad_token_id, eos)
+    stops = tokenizer.convert_tokens_to_ids(list(config.stop_tokens))
+    return SpecialTokens(mask=mask, eos=eos, pad=pad, stops=sorted({eos, *stops}))
 
 
 def _first_set(*values):
