@@ -66,6 +66,8 @@ class PerfSettings:
     methods: list[str] = field(default_factory=lambda: ["none", "soft", "aps", "entrgi"])
     repeats: int = ranged(3, low=1)
     warmup: int = ranged(1, low=0)
+    # Timed calls of each vocabulary-sized operation alone (`entrgi.perf.time_operations`); 0: skip them.
+    operation_repeats: int = ranged(5, low=0)
     output: str = "perf.json"
 
 

@@ -11,6 +11,7 @@ as Dream's and Qwen3's do and the vocabulary bridge is exercised for real.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -89,8 +90,14 @@ _QWEN_SPLIT = (
 )
 
 
-def train_bpe(text: list[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
-    """A byte-level BPE tokenizer with Qwen's pre-tokenisation, specials after the learnt vocabulary."""
+def train_bpe(text: list[str], vocab_size: int, special_tokens: list[str], fill: bool = False) -> Tokenizer:
+    """A byte-level BPE tokenizer with Qwen's pre-tokenisation, specials after the learnt vocabulary.
+
+    A small corpus runs out of merges long before a real vocabulary's size: `fill` then pads the
+    learnt vocabulary to exactly `vocab_size` tokens with byte strings of two, then three, symbols
+    (in a fixed order, so two tokenizers filled alike share them, as Dream's and Qwen3's share most
+    of theirs). They have no merges, so text never encodes to them, but they decode like any token.
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
@@ -101,15 +108,32 @@ def train_bpe(text: list[str], vocab_size: int, special_tokens: list[str]) -> To
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tokenizer.train_from_iterator(text, trainer=trainer)
+    if fill:
+        _fill_vocabulary(tokenizer, vocab_size)
     tokenizer.add_special_tokens(special_tokens)  # appended after the BPE vocabulary, as in Qwen
     return tokenizer
 
 
-def dream_tokenizer(text: list[str], vocab_size: int, specials: list[str] = DREAM_SPECIALS) -> PreTrainedTokenizerFast:
-    """Dream's special tokens (pad = eos = <|endoftext|>, <|mask|>; `specials` may add more, as
-    DiffuCoder's <|dlm_pad|>) and chat template on a BPE trained on `text`."""
+def _fill_vocabulary(tokenizer: Tokenizer, vocab_size: int) -> None:
+    """Add byte-level strings of 2, then 3 symbols not in `tokenizer`'s BPE vocabulary until it holds `vocab_size`."""
+    state = json.loads(tokenizer.to_str())["model"]
+    vocab, alphabet = dict(state["vocab"]), sorted(pre_tokenizers.ByteLevel.alphabet())
+    strings = ("".join(s) for n in (2, 3) for s in itertools.product(alphabet, repeat=n))
+    for string in strings:
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(string, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tokenizer.model = models.BPE(vocab=vocab, merges=merges)
+
+
+def dream_tokenizer(
+    text: list[str], vocab_size: int, specials: list[str] = DREAM_SPECIALS, fill: bool = False
+) -> PreTrainedTokenizerFast:
+    """Dream's special tokens (pad = eos = <|endoftext|>, <|mask|>; `specials` may add more, as DiffuCoder's
+    <|dlm_pad|>) and chat template on a BPE trained on `text` (`fill`: padded to `vocab_size`, `train_bpe`)."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_bpe(text, vocab_size, specials), eos_token="<|endoftext|>",
+        tokenizer_object=train_bpe(text, vocab_size, specials, fill), eos_token="<|endoftext|>",
         pad_token="<|endoftext|>", mask_token="<|mask|>",
     )
     tokenizer.chat_template = DREAM_CHAT_TEMPLATE
@@ -117,11 +141,12 @@ def dream_tokenizer(text: list[str], vocab_size: int, specials: list[str] = DREA
 
 
 def dream_config(tokenizer: PreTrainedTokenizerFast, size: dict[str, int], **settings) -> Qwen2Config:
-    """A Qwen2 config (Dream's layout) of the given size for `tokenizer`'s vocabulary."""
+    """A Qwen2 config (Dream's layout) of the given size for `tokenizer`'s vocabulary (`vocab_size` in `settings`:
+    more embedding rows than tokens, as Dream's 152,064 for 151,667 tokens)."""
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    settings = {"max_position_embeddings": 512, "tie_word_embeddings": False, **settings}
+    settings = {"vocab_size": len(tokenizer), "max_position_embeddings": 512, "tie_word_embeddings": False, **settings}
     return Qwen2Config(
-        vocab_size=len(tokenizer), **size, num_key_value_heads=size["num_attention_heads"] // 2, bos_token_id=eos,
+        **size, num_key_value_heads=size["num_attention_heads"] // 2, bos_token_id=eos,
         eos_token_id=eos, pad_token_id=eos, **settings,
     )
 
@@ -198,10 +223,11 @@ def save_llada(folder: Path, network: LlamaForCausalLM, tokenizer: PreTrainedTok
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def reward_tokenizer(text: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Qwen3's special tokens (eos = <|im_end|>, pad = <|endoftext|>) and chat template on a BPE trained on `text`."""
+def reward_tokenizer(text: list[str], vocab_size: int, fill: bool = False) -> PreTrainedTokenizerFast:
+    """Qwen3's special tokens (eos = <|im_end|>, pad = <|endoftext|>) and chat template on a BPE trained on `text`
+    (`fill`: padded to `vocab_size`, `train_bpe`)."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_bpe(text, vocab_size, REWARD_SPECIALS), eos_token="<|im_end|>",
+        tokenizer_object=train_bpe(text, vocab_size, REWARD_SPECIALS, fill), eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
@@ -209,9 +235,11 @@ def reward_tokenizer(text: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def reward_config(tokenizer: PreTrainedTokenizerFast, size: dict[str, int], **settings) -> Qwen3Config:
-    """A one-label Qwen3 sequence-classifier config (Skywork-Reward-V2's layout) for `tokenizer`."""
+    """A one-label Qwen3 sequence-classifier config (Skywork-Reward-V2's layout) for `tokenizer` (`vocab_size` in
+    `settings`: more embedding rows than tokens, as Qwen3's 151,936)."""
+    settings = {"vocab_size": len(tokenizer), **settings}
     return Qwen3Config(
-        vocab_size=len(tokenizer), **size, num_key_value_heads=size["num_attention_heads"] // 2,
+        **size, num_key_value_heads=size["num_attention_heads"] // 2,
         head_dim=size["hidden_size"] // size["num_attention_heads"], max_position_embeddings=1024,
         tie_word_embeddings=False, num_labels=1, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, **settings,

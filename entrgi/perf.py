@@ -4,7 +4,9 @@ For each guidance method it runs the sampler on one batch of the configured benc
 splits the seconds per denoising step into the dLLM forward, the RM forward, the RM
 backward, and everything else (the overhead the framework adds: sampling, top-p, the
 mixing math, Adam, bookkeeping). Medians over repeats after a warm-up; printed as a table
-and written to `perf.json` in the job directory.
+and written to `perf.json` in the job directory. Then each vocabulary-sized operation of a
+step (top-p draw, softmax, entropy, soft embedding, ranking) is timed alone on the preset's
+shapes, the masked logits of the batch's first dLLM forward.
 
 The split is measured by wrapping the two models from outside: timing never enters the
 sampler or guidance code. The RM backward is bracketed by two identity autograd nodes, one
@@ -30,15 +32,19 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from entrgi.categorical import draw_logits, sample_nucleus
 from entrgi.cli import describe, hydra_command
 from entrgi.components import build
+from entrgi.guidance.mix import entropy, entropy_weight, relaxed_embeddings
 from entrgi.noise import TrajectoryNoise
 from entrgi.rewards import RewardModel
+from entrgi.rewards.vocab_bridge import BridgedReward
 from entrgi.sampler import DiffusionSampler
 from entrgi.validation import ConfigError, validate
 from entrgi.weights import ResourceUnavailable
 
 PARTS = ("dllm_forward", "rm_forward", "rm_backward")
+OPERATIONS = ("nucleus", "softmax", "entropy", "soft_embedding", "ranking")
 
 
 @dataclass
@@ -99,9 +105,7 @@ def instrument(model, reward, clock: Clock) -> None:
 
 def measure(cfg: DictConfig, model, reward, repeats: int, warmup: int) -> dict[str, Any]:
     """Seconds per denoising step by part (medians over repeats) for the guidance in `cfg`."""
-    schedule = build(cfg.schedule)
-    guidance = build(cfg.guidance, model=model, reward=reward)
-    sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
+    schedule, guidance, sampler = _components(cfg, model, reward)
     prompts = build(cfg.benchmark).prompts()[: cfg.sampler.batch_size]
     texts, ids = [p.text for p in prompts], [p.id for p in prompts]
     clock = Clock(model.device)
@@ -140,10 +144,82 @@ def measure(cfg: DictConfig, model, reward, repeats: int, warmup: int) -> dict[s
     }
 
 
+def _components(cfg: DictConfig, model, reward):
+    """(schedule, guidance, sampler) of the composed job `cfg`."""
+    schedule = build(cfg.schedule)
+    guidance = build(cfg.guidance, model=model, reward=reward)
+    sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
+    return schedule, guidance, sampler
+
+
+def time_operations(cfg: DictConfig, model, reward, repeats: int) -> dict[str, Any]:
+    """Seconds per call of each vocabulary-sized operation, timed alone (median of `repeats` after one
+    warm-up call) on the masked logits φ [N, L, V] of the first dLLM forward of one batch of `cfg`:
+
+        nucleus: `sample_nucleus` of the commit draw's logits (φ/τ, <mask> excluded) at the sampler's top-p/top-k;
+        softmax: softmax(φ) in float32;
+        entropy: `entropy(φ)`;
+        soft_embedding: `relaxed_embeddings` (EntRGi weight, entropy given) forward and backward into φ;
+        ranking: the schedule's confidence from the draw's distribution softmax(φ/τ) and the drawn tokens.
+
+    A guided step runs the nucleus M + 1 times and the others about M times, over its masked positions.
+    """
+    schedule, _, sampler = _components(cfg, model, reward)
+    texts = [p.text for p in build(cfg.benchmark).prompts()[: cfg.sampler.batch_size]]
+    canvas, attention = sampler.build_canvas([model.encode_prompt(t) for t in texts])
+    logits = model.logits(canvas, attention, canvas.shape[1] - sampler.max_new_tokens)
+    temperature = cfg.sampler.temperature or 1.0
+    scaled = draw_logits(logits, temperature, model.mask_token_id)
+    generator = torch.Generator(logits.device).manual_seed(cfg.seed)
+    uniforms = torch.rand(logits.shape[:-1], generator=generator, device=logits.device)
+    table = BridgedReward(model, reward).table
+    ent = entropy(logits)
+    weight = entropy_weight(logits)
+    tokens = sample_nucleus(scaled, uniforms, cfg.sampler.top_p, cfg.sampler.top_k)
+    probs = torch.softmax(scaled, dim=-1)
+    grad = torch.randn(*logits.shape[:-1], table.shape[1], generator=generator, device=logits.device, dtype=table.dtype)
+
+    def soft_embedding():
+        phi = logits.detach().requires_grad_(True)
+        relaxed_embeddings(phi, table, tokens, weight, temperature, entropy_nats=ent).embeds.backward(grad)
+
+    operations = {
+        "nucleus": lambda: sample_nucleus(scaled, uniforms, cfg.sampler.top_p, cfg.sampler.top_k),
+        "softmax": lambda: torch.softmax(logits, dim=-1),
+        "entropy": lambda: entropy(logits),
+        "soft_embedding": soft_embedding,
+        "ranking": lambda: schedule.confidence(probs, tokens),
+    }
+    clock = Clock(model.device)
+    seconds = {}
+    for name in tqdm(OPERATIONS, desc=f"vocabulary-sized operations ({repeats} timed each)", unit="op"):
+        runs = []
+        for repeat in range(repeats + 1):
+            start = clock.now()
+            operations[name]()
+            if repeat:  # the first call warms up
+                runs.append(clock.now() - start)
+        seconds[name] = statistics.median(runs)
+    return {"shape": list(logits.shape), "seconds_per_call": seconds, "repeats": repeats}
+
+
+def format_operations(operations: dict[str, Any]) -> str:
+    if operations.get("out_of_memory"):
+        return "Vocabulary-sized operations alone: out of memory"
+    n, length, vocab = operations["shape"]
+    lines = [f"Vocabulary-sized operations alone, on the first step's masked logits [{n}, {length}, {vocab}] "
+             f"(median of {operations['repeats']}):", "| operation | ms/call |", "|---|---|"]
+    lines += [f"| {name} | {1000 * s:.1f} |" for name, s in operations["seconds_per_call"].items()]
+    return "\n".join(lines)
+
+
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     header = "| guidance | s/step | dLLM fwd | RM fwd | RM bwd | overhead | overhead % | tok/s | peak MB |"
     lines = [header, "|" + "---|" * 9]
     for name, r in results.items():
+        if r.get("out_of_memory"):
+            lines.append(f"| {name} | out of memory |" + " |" * 7)
+            continue
         s = r["seconds_per_step"]
         lines.append(
             f"| {name} | {s['total']:.4f} | {s['dllm_forward']:.4f} | {s['rm_forward']:.4f} | {s['rm_backward']:.4f} "
@@ -166,12 +242,34 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, ResourceUnavailable) as error:
         print(f"entrgi.perf: error: {error}", file=sys.stderr)
         sys.exit(2)
-    results = {method: measure(method_cfg, model, reward, cfg.perf.repeats, cfg.perf.warmup)
-               for method, method_cfg in method_cfgs.items()}
+    report = {"overrides": overrides, **measure_all(cfg, method_cfgs, model, reward)}
     out = Path(HydraConfig.get().runtime.output_dir) / cfg.perf.output
-    out.write_text(json.dumps({"overrides": overrides, "results": results}, indent=2))
-    print(format_table(results))
+    out.write_text(json.dumps(report, indent=2))
+    print(format_table(report["results"]))
+    if "operations" in report:
+        print(format_operations(report["operations"]))
     print(f"written to {out}")
+
+
+def measure_all(cfg: DictConfig, method_cfgs: dict[str, DictConfig], model, reward) -> dict[str, Any]:
+    """{"results": the split of each method, "operations": the vocabulary-sized operations (unless
+    `perf.operation_repeats` is 0)}. A part that runs out of device memory is recorded as
+    {"out_of_memory": true} and the rest goes on: on a GPU this is a memory benchmark."""
+    results = {}
+    for method, method_cfg in method_cfgs.items():
+        try:
+            results[method] = measure(method_cfg, model, reward, cfg.perf.repeats, cfg.perf.warmup)
+        except torch.OutOfMemoryError:
+            results[method] = {"out_of_memory": True}
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+    report = {"results": results}
+    if cfg.perf.operation_repeats:  # after the methods: its temporaries would count in their peak memory
+        try:
+            report["operations"] = time_operations(cfg, model, reward, cfg.perf.operation_repeats)
+        except torch.OutOfMemoryError:
+            report["operations"] = {"out_of_memory": True}
+    return report
 
 
 def _compose_method(overrides: list[str], method: str) -> DictConfig:

@@ -100,3 +100,7 @@ def test_perf_command_writes_its_table(tmp_path):
     # The three measured parts are disjoint spans inside the step: something is left for the rest.
     assert 0 < entrgi["overhead"] < entrgi["total"]
     assert results["none"]["seconds_per_step"]["rm_forward"] == 0
+    # Each vocabulary-sized operation timed alone, on the first step's masked logits [N, L, V].
+    operations = json.loads((tmp_path / "perf.json").read_text())["operations"]
+    assert operations["shape"][:2] == [8, 4] and "| soft_embedding |" in out.stdout
+    assert set(operations["seconds_per_call"]) == {"nucleus", "softmax", "entropy", "soft_embedding", "ranking"}

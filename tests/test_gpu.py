@@ -87,3 +87,21 @@ def test_smc_never_syncs_with_the_device(bf16_models, temperature):
     guidance = SMCGuidance(config, model=model, reward=reward)
     steps = _denoise_without_syncs(model, guidance, temperature).steps
     assert [("log_importance_mean" in row) for row in steps] == [True, True, True, False]
+
+
+def test_gpu_shapes_seam_builds_on_the_device_and_never_syncs(random_paths):
+    """experiment=gpu-shapes at reduced size: both networks built from a config directly on the GPU in bf16
+    (Dream's and Qwen3's vocabulary rows, past the tiny tokenizers), and the guided loop never waits on the GPU."""
+    common = {"intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    model = DiffusionLM(DiffusionLMConfig(path=str(random_paths["dllm"]), tokenizer_class="Qwen2Tokenizer",
+                                          device="cuda", dtype="bfloat16",
+                                          shapes={**common, "hidden_size": 256, "vocab_size": 152064}))
+    reward = RewardModel(RewardModelConfig(path=str(random_paths["reward"]), device="cuda", dtype="bfloat16",
+                                           shapes={**common, "hidden_size": 256, "head_dim": 64,
+                                                   "vocab_size": 151936}))
+    weight = model.network.get_output_embeddings().weight
+    assert (weight.device.type, weight.dtype, model.vocab_size) == ("cuda", torch.bfloat16, 152064)
+    assert reward.embedding_table.shape == (151936, 256) and reward.embedding_table.is_cuda
+    guidance = RewardGradientGuidance(guidance_config(rule="entrgi"), model=model, reward=reward)
+    denoised = _denoise_without_syncs(model, guidance)
+    assert len(denoised.steps) == 4 and denoised.nonfinite.read() == {}

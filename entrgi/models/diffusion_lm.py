@@ -21,6 +21,7 @@ from omegaconf import MISSING
 from transformers.masking_utils import create_bidirectional_mask
 
 from entrgi.schemas import schema
+from entrgi.shapes import random_dllm, shaped_config
 from entrgi.validation import ConfigError
 from entrgi.weights import DType, resolve_checkpoint, resolve_device, resolve_dtype
 
@@ -61,6 +62,9 @@ class DiffusionLMConfig:
     # The final text: the whole response region with special tokens skipped, text after a stop
     # token kept ("whole", the authors' script), or cut at the first stop token ("to_stop").
     decode: Decode = Decode.whole
+    # config.json settings that replace the checkpoint's; when set, the network is built from the config
+    # with random weights on the device instead of loaded (`entrgi.shapes`, experiment=gpu-shapes).
+    shapes: dict[str, Any] = field(default_factory=dict)
 
 
 @schema("model", "hf")
@@ -93,6 +97,8 @@ class DiffusionLM:
         chat_template: a Jinja chat template used instead of the checkpoint's.
         logit_shift: position j reads the output at j-1 (Dream) or its own (LLaDA).
         decode: "whole" (the authors' script) or "to_stop" (cut at the first stop token).
+        shapes: config.json settings that replace the checkpoint's, for a network with random weights
+            built on the device (`entrgi.shapes`); the tokenizer still comes from `path`.
     """
 
     def __init__(self, config: DiffusionLMConfig):
@@ -110,13 +116,19 @@ class DiffusionLM:
         renames = dict(config.config_keys or {})
         settings = {k: v for k, v in raw.items() if k not in _REMOTE_CONFIG_KEYS and k not in renames.values()}
         settings.update({new: raw[old] for old, new in renames.items() if old in raw})
-        self.network, loading = model_cls.from_pretrained(
-            folder,
-            config=model_cls.config_class(**settings),
-            key_mapping=dict(config.weight_keys) if config.weight_keys else None,
-            dtype=resolve_dtype(config.dtype, self.device),
-            output_loading_info=True,
-        )
+        dtype = resolve_dtype(config.dtype, self.device)
+        if config.shapes:
+            shaped = shaped_config(model_cls.config_class, settings, config.shapes)
+            self.network = random_dllm(model_cls, shaped, self.device, dtype)
+            loading = {"missing_keys": set(), "unexpected_keys": set()}
+        else:
+            self.network, loading = model_cls.from_pretrained(
+                folder,
+                config=model_cls.config_class(**settings),
+                key_mapping=dict(config.weight_keys) if config.weight_keys else None,
+                dtype=dtype,
+                output_loading_info=True,
+            )
         # transformers initialises missing weights at random and only warns: refuse instead.
         unmatched = sorted(loading["missing_keys"] | loading["unexpected_keys"])
         if unmatched:

@@ -10,9 +10,9 @@ padding in `inputs_embeds` and would pool position -1).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import transformers
@@ -22,6 +22,7 @@ from transformers.masking_utils import create_causal_mask
 
 from entrgi.compute import ComputeLedger
 from entrgi.schemas import schema
+from entrgi.shapes import random_network, shaped_config
 from entrgi.validation import ranged
 from entrgi.weights import DType, resolve_checkpoint, resolve_device, resolve_dtype
 
@@ -85,6 +86,9 @@ class RewardModelConfig(RewardReading):
     prefix_cache: bool = True
     device: str = "auto"
     dtype: DType = DType.auto
+    # config.json settings that replace the checkpoint's; when set, the network is built from the config
+    # with random weights on the device instead of loaded (`entrgi.shapes`, experiment=gpu-shapes).
+    shapes: dict[str, Any] = field(default_factory=dict)
 
 
 # transformers 5.x renamed `past_key_values` to `cache` (the old name warns on every call).
@@ -138,13 +142,19 @@ class RewardModel:
             prefix_cache: compute the keys/values of the template prefix and prompt once per
                 batch instead of in every RM pass (not combined with checkpointing).
             positions, hide_from, text_path: how the RM reads a response (`RewardModelConfig`).
+            shapes: config.json settings that replace the checkpoint's, for a network with random
+                weights built on the device (`entrgi.shapes`); the tokenizer still comes from `path`.
         """
         self.config = config
         folder = resolve_checkpoint(config.path, "reward.path")
         self.device = resolve_device(config.device)
-        self.network = transformers.AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=1, dtype=resolve_dtype(config.dtype, self.device)
-        )
+        dtype, classifier = resolve_dtype(config.dtype, self.device), transformers.AutoModelForSequenceClassification
+        if config.shapes:
+            checkpoint = transformers.AutoConfig.from_pretrained(folder, num_labels=1)
+            shaped = shaped_config(type(checkpoint), checkpoint.to_dict(), config.shapes)
+            self.network = random_network(classifier, shaped, self.device, dtype)
+        else:
+            self.network = classifier.from_pretrained(folder, num_labels=1, dtype=dtype)
         if config.adapter_path:
             self.network = _merge_adapter(self.network, config.adapter_path)
         self.network.to(self.device).eval().requires_grad_(False)
