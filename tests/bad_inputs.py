@@ -52,6 +52,11 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
     def no_tokenizer(folder):
         (folder / "vocab.json").unlink()
 
+    def remote_code(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_x.XForSequenceClassification"}
+        (folder / "config.json").write_text(json.dumps(config))
+
     return [
         ("duplicate prompt ids", file("dup.jsonl", lines + json.dumps({"text": "Other", "id": "a"}) + "\n")
          + ["benchmark.id_field=id"], "benchmark.id_field"),
@@ -73,6 +78,10 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
          "reward.path"),
         ("missing tokenizer", [f"model.path={_checkpoint(folder, 'dllm', 'no-tokenizer', no_tokenizer)}"],
          "model.path"),
+        ("reward=classifier needing remote code, not trusted",
+         ["reward=classifier", f"reward.path={_checkpoint(folder, 'reward', 'remote-code', remote_code)}"],
+         "reward.trust_remote_code"),
+        ("reward=ar-likelihood without its weights", ["reward=ar-likelihood"], "reward.path"),
         ("model.device=cuda without CUDA", ["model.device=cuda"], "model.device"),
         ("guidance.min_coverage above the coverage", ["guidance=entrgi", "guidance.min_coverage=0.99"],
          "guidance.min_coverage"),

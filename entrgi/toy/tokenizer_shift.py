@@ -7,8 +7,10 @@ vocabularies hold (a space and three or more letters) is taken out of the RM's B
 that build them go, and with them every merge that needs a removed token; tokens no merge can
 build any more keep their ids and embedding rows under names no text produces. The RM then
 spells those words in smaller pieces, whose rows it was trained with but never in that
-sequence: it is a different (and, on the text path too, a worse) proxy of the oracle than the
-toy RM, the same for every bridge compared on it.
+sequence. `--steps N` then fine-tunes it on the shifted tokenizer (labelled corpus responses, as
+the toy RM was trained): an RM trained with its own, different tokenizer. The held-out RM–oracle
+rank correlation of the toy RM and of the shifted one (`agreement`) says how good a proxy each is;
+every bridge compared on one shifted RM is compared against the same RM.
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer, Qwen2Tokenizer
 
+from entrgi.formats import save_reward
+from entrgi.models import DiffusionLM, DiffusionLMConfig
+from entrgi.rewards import RewardModel, RewardModelConfig
+from entrgi.toy.agreement import spearman
+from entrgi.toy.grammar import benchmark_prompts, corpus
+from entrgi.toy.optimization import Optimization
+from entrgi.toy.reward_data import evaluation_set, labelled, sample_responses
+from entrgi.toy.reward_training import train_reward
 from entrgi.toy.world import toy_world_path
 
 _WORD = re.compile(r"^Ġ[A-Za-z]{3,}$")
@@ -59,6 +70,27 @@ def shifted_toy_reward(folder: Path, share: float = 0.5, seed: int = 0) -> list[
     return gone
 
 
+def fine_tune(folder: Path, steps: int, seed: int = 0, pairs: int = 8000) -> None:
+    """Fine-tune the RM in `folder` on its own tokenizer: `steps` steps on labelled corpus responses."""
+    held_out = {prompt for _, prompt in benchmark_prompts(32, 0)}
+    examples = labelled(corpus(pairs, seed + 11, exclude=held_out), random.Random(seed))
+    reward = RewardModel(RewardModelConfig(path=str(folder), device="cpu", dtype="float32"))
+    train_reward(reward, examples, Optimization(steps=steps, warmup=min(50, steps // 4)), seed)
+    save_reward(folder, reward.network.to(torch.bfloat16), reward.tokenizer)
+
+
+def agreement(folders: list[Path], seed: int = 2) -> list[float]:
+    """Held-out RM–oracle Spearman of each RM folder, on the toy dLLM's samples for the benchmark prompts
+    (and corpus-like responses, swaps and breaks: `entrgi.toy.reward_data.evaluation_set`)."""
+    model = DiffusionLM(DiffusionLMConfig(path=str(toy_world_path("dllm")), tokenizer_class="Qwen2Tokenizer",
+                                          device="cpu"))
+    prompts = [prompt for _, prompt in benchmark_prompts(32, 0)]
+    held_out = evaluation_set(sample_responses(model, prompts, seed, temperature=0.7, num_samples=4), seed)
+    truth = [q for _, _, q in held_out]
+    return [spearman(RewardModel(RewardModelConfig(path=str(f), device="cpu")).score_texts(
+        [p for p, _, _ in held_out], [r for _, r, _ in held_out]).tolist(), truth) for f in folders]
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -66,6 +98,12 @@ if __name__ == "__main__":
     parser.add_argument("folder", type=Path)
     parser.add_argument("--share", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=0, help="fine-tuning steps on the shifted tokenizer")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     lost = shifted_toy_reward(args.folder, args.share, args.seed)
     print(f"{args.folder}: {len(lost)} tokens no longer in the RM vocabulary: {' '.join(lost)}")
+    if args.steps:
+        fine_tune(args.folder, args.steps, args.seed)
+    toy, shifted = agreement([toy_world_path("reward"), args.folder])
+    print(f"held-out RM-oracle Spearman: toy RM {toy:.4f}, shifted RM {shifted:.4f}")
