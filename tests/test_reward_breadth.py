@@ -286,3 +286,18 @@ def test_new_options_compose_and_fail_fast_without_weights(compose, option):
     assert cfg.reward.trust_remote_code is False and cfg.reward.bridge == "retokenize"
     with pytest.raises(WeightsUnavailable, match="reward.path='/nonexistent/rm'"):
         resolve_checkpoint(cfg.reward.path, "reward.path")
+
+
+@pytest.mark.parametrize("bridge", ["exact", "retokenize"])
+def test_ar_likelihood_guidance_reads_nothing_back(toy_model, ar_path, bridge):
+    """entrgi through the ar-likelihood reward, either bridge: the denoising loop reads no device value on the host."""
+    from conftest import guidance_config
+    from test_host_sync import _denoise_reading_nothing
+
+    from entrgi.guidance import RewardGradientGuidance
+    from entrgi.schedule import EntropySchedule, ScheduleConfig
+
+    reward = ARLikelihood(ARLikelihoodConfig(path=str(ar_path), device="cpu", bridge=bridge))
+    guidance = RewardGradientGuidance(guidance_config(rule="entrgi", M=2), model=toy_model, reward=reward)
+    result = _denoise_reading_nothing(toy_model, guidance, EntropySchedule(ScheduleConfig(steps=3)))
+    assert result is not None

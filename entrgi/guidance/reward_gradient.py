@@ -236,8 +236,8 @@ class RewardGradientGuidance(Guidance):
                  weight: torch.Tensor) -> ResponseTargets:
         """The likelihood targets of a reward that reads tokens, in RM ids: the hard `tokens` [N, L] (dLLM ids)
         everywhere, relaxed at the masked `free` positions [N, F] by q = softmax(φ/τ) of their logits phi
-        [N, F, V] (detached, carried into the
-        RM vocabulary through the bridge's token mapping) and the mix weight w [N, F]."""
+        [N, F, V] (detached, carried into the RM vocabulary through the bridge's token mapping) and the mix
+        weight w [N, F] (`entrgi.rewards.ar_likelihood`)."""
         mapping = self.bridged.token_mapping
         q = torch.softmax(phi.detach().float() / self.config.temperature, dim=-1)
         probs = q.new_zeros(*q.shape[:-1], self.reward.embedding_table.shape[0])
