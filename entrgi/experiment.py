@@ -33,7 +33,8 @@ from entrgi.evaluators.base import release_memory
 from entrgi.evaluators.judging import apply_evaluators, evaluator_configs, locate_weights
 from entrgi.preflight import check_inputs, check_job, configure_threads, reward_models
 from entrgi.reporting.runs import load_run
-from entrgi.rewards import TextReward
+from entrgi.rewards import RewardModel, TextReward
+from entrgi.rewards.vocab_bridge import GeneratedCoverage
 from entrgi.run_directory import Progress, RunDirectory, additive, counts_increment, sum_increments
 from entrgi.sampler import DiffusionSampler
 from entrgi.validation import validate
@@ -133,6 +134,8 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
     reward: TextReward = build(cfg.reward)  # a reward model or a text scorer (entrgi.rewards.text)
     guidance = build(cfg.guidance, model=model, reward=reward)
     sampler = DiffusionSampler(OmegaConf.to_object(cfg.sampler), model=model, schedule=schedule, guidance=guidance)
+    # With a reward model: the share of generated tokens that map exactly into its vocabulary (summary.json).
+    coverage = GeneratedCoverage(model, reward) if isinstance(reward, RewardModel) else None
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     logger.start(config, run_dir.path, name=f"{cfg.name}-seed{cfg.seed}")
     summary, completed = None, False
@@ -140,11 +143,14 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
         logger.resume(done.batches())  # earlier attempts' batches: the W&B run goes on after them
         todo = [p for p in prompts if p.id not in done.ids]
         state = Progress(records=list(done.records), steps=list(done.steps), parts=list(done.parts))
-        summary = _generate_all(cfg, todo, state, sampler, guidance, reward, run_dir, logger)
+        summary = _generate_all(cfg, todo, state, sampler, guidance, reward, run_dir, logger, coverage)
         summary.update(guidance.summary())
-        for name, content in guidance.artifacts().items():
+        for name, content in _artifacts(guidance, coverage).items():
             increments = [part[name] for part in state.parts if name in part]
-            run_dir.write_json(name, sum_increments(content, increments) if additive(content) else content)
+            content = sum_increments(content, increments) if additive(content) else content
+            run_dir.write_json(name, content)
+            if name == GeneratedCoverage.ARTIFACT:
+                summary.update(GeneratedCoverage.summary(content))
         run_dir.write_summary(summary)
         if cfg.evaluator:
             del sampler, guidance, model, reward  # the judges need the memory
@@ -160,7 +166,13 @@ def _run(cfg: DictConfig, schedule, run_dir: RunDirectory) -> dict[str, Any]:
         logger.finish(summary, failed=not completed)
 
 
-def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_dir, logger) -> dict[str, Any]:
+def _artifacts(guidance, coverage: GeneratedCoverage | None) -> dict[str, Any]:
+    """The job's artifacts: the guidance's, and the counts of generated tokens the RM vocabulary covers."""
+    return {**guidance.artifacts(), **(coverage.artifacts() if coverage is not None else {})}
+
+
+def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_dir, logger,
+                  coverage: GeneratedCoverage | None = None) -> dict[str, Any]:
     """Generate `prompts` batch by batch, committing each to `run_dir` and to `state` (which holds
     the earlier attempts' batches); the summary covers everything in `state`."""
     k, batch_size = cfg.sampler.num_samples, cfg.sampler.batch_size
@@ -176,6 +188,8 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
             batch_started = time.perf_counter()
             generation = sampler.generate([p.text for p in batch], [p.id for p in batch], seed=cfg.seed)
             texts = [sampler.model.decode(row) for row in generation.responses.tolist()]
+            if coverage is not None:
+                coverage.add(generation.responses)
             rewards = reward.score_texts([p.text for p in batch for _ in range(k)], texts,
                                          ledger=generation.compute).tolist()
             share = prompt_share(generation.compute, sizes, time.perf_counter() - batch_started, len(batch))
@@ -186,7 +200,7 @@ def _generate_all(cfg, prompts, state: Progress, sampler, guidance, reward, run_
             ]
             steps = [{"batch": batch_index, **row} for row in generation.steps]
             parts = {}
-            for name, content in guidance.artifacts().items():
+            for name, content in _artifacts(guidance, coverage).items():
                 if additive(content):
                     parts[name] = counts_increment(content, snapshot.get(name))
                     snapshot[name] = content

@@ -257,12 +257,14 @@ def a2d_tokenizer(text: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def a2d_config(tokenizer: PreTrainedTokenizerFast, size: dict[str, int], **settings) -> Qwen3Config:
-    """A Qwen3 causal-LM config in Qwen3-0.6B's layout (tied embeddings, grouped KV heads) for `tokenizer`."""
+def causal_lm_config(tokenizer: PreTrainedTokenizerFast, size: dict[str, int], **settings) -> Qwen3Config:
+    """A Qwen3 causal-LM config in Qwen3-0.6B's layout (tied embeddings, grouped KV heads) for `tokenizer`: the
+    AR-to-diffusion dLLM's (`save_a2d`) and `reward=ar-likelihood`'s."""
     return Qwen3Config(
         vocab_size=len(tokenizer), **size, num_key_value_heads=size["num_attention_heads"] // 2,
         head_dim=size["hidden_size"] // size["num_attention_heads"], max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True, bos_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         **settings,
     )
 
@@ -280,6 +282,7 @@ def save_a2d(folder: Path, network: PreTrainedModel, tokenizer: PreTrainedTokeni
 
 
 def save_reward(folder: Path, network: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> None:
-    """Write a Qwen3 sequence classifier and its fast tokenizer as Skywork-Reward-V2 ships them."""
+    """Write a Qwen3 sequence classifier and its fast tokenizer as Skywork-Reward-V2 ships them (a Qwen3
+    causal LM and its tokenizer as Qwen3-0.6B ships them: the same files)."""
     tokenizer.save_pretrained(folder)
     network.save_pretrained(folder)

@@ -92,11 +92,11 @@ def instrument(model, reward, clock: Clock) -> None:
         clock.add("dllm_forward", clock.now() - start)
         return out
 
-    def timed_score_embeds(layout, response_embeds, visible):
+    def timed_score_embeds(layout, response_embeds, visible, **targets):  # targets: reward=ar-likelihood
         start = clock.now()
         if response_embeds.requires_grad:
             response_embeds = _Mark.apply(response_embeds, clock, "rm_backward_end")
-        scores = score_embeds(layout, response_embeds, visible)
+        scores = score_embeds(layout, response_embeds, visible, **targets)
         clock.add("rm_forward", clock.now() - start)
         return _Mark.apply(scores, clock, "rm_backward_start") if scores.requires_grad else scores
 

@@ -212,8 +212,12 @@ def check_inputs(cfg: DictConfig, prompts: list[Prompt]) -> list[Prompt]:
     model = check_checkpoint(cfg.model.path, "model.path", cfg.model.get("config_keys"),
                              cfg.model.get("tokenizer_class"))
     check_model(cfg.model, model)
+    for key, node in reward_models(cfg):
+        check_remote_code(node, key)
     rewards = {key: check_checkpoint(node.path, f"{key}.path", None, node.get("tokenizer_class"))
                for key, node in reward_models(cfg)}
+    for key, node in reward_models(cfg):
+        check_reward_checkpoint(rewards[key], node, key)
     # The guidance feeds the RM dLLM tokens (a reward-gradient proposal inside SMC holds its key under proposal):
     # check the bridge. Such guidance differentiates `reward`, a reward model (check_reward).
     key = next((k for k in ("guidance.min_coverage", "guidance.proposal.min_coverage")
@@ -245,6 +249,35 @@ def check_model(node: DictConfig, model: Checkpoint) -> None:
     if node.get("chat_template"):
         model.tokenizer.chat_template = node.chat_template
     special_tokens(node, model.config, model.tokenizer)
+
+
+def check_remote_code(node: DictConfig, key: str) -> None:
+    """A reward model whose config.json needs its own Python code (an `auto_map`, or a model type transformers
+    does not know) runs only with `<key>.trust_remote_code=true`; else ConfigError naming that key."""
+    try:
+        config = json.loads((resolve_checkpoint(node.path, f"{key}.path") / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # check_checkpoint names what is wrong with the file
+    if not isinstance(config, dict) or node.get("trust_remote_code", False):
+        return
+    model_type = config.get("model_type")
+    why = ("its config.json has an auto_map" if config.get("auto_map")
+           else f"model_type {model_type!r} is not one transformers knows"
+           if model_type not in transformers.CONFIG_MAPPING else None)
+    if why is not None:
+        raise ConfigError(f"{key}.trust_remote_code=false: {key}.path={node.path} needs the checkpoint's own code "
+                          f"({why}); set {key}.trust_remote_code=true if you trust it")
+
+
+def check_reward_checkpoint(checkpoint: Checkpoint, node: DictConfig, key: str) -> None:
+    """A reward model's tokenizer has a chat template, and a classifier (`RewardModel` proper) has one label."""
+    if not getattr(checkpoint.tokenizer, "chat_template", None):
+        raise ConfigError(f"{key}.path={node.path}: the tokenizer has no chat template to render a conversation")
+    if get_class(node._target_).reads_tokens:
+        return
+    labels = checkpoint.config.get("num_labels", len(checkpoint.config.get("id2label") or {0: ""}))
+    if labels != 1:
+        raise ConfigError(f"{key}.path={node.path}: a reward classifier has one output, this one has {labels} labels")
 
 
 @dataclass

@@ -31,8 +31,8 @@ from transformers import (
 
 from entrgi.formats import (
     DIFFUCODER_SPECIALS,
-    a2d_config,
     a2d_tokenizer,
+    causal_lm_config,
     dream_config,
     dream_tokenizer,
     llada_tokenizer,
@@ -44,7 +44,7 @@ from entrgi.formats import (
     save_reward,
 )
 
-VERSION = "random-world-v4"
+VERSION = "random-world-v5"
 
 # Network sizes: `tiny` for format and plumbing tests, `mid` for performance measurements
 # where model compute is not negligible next to Python overhead.
@@ -108,7 +108,7 @@ def _write_diffucoder(folder: Path, text: list[str], size: dict[str, int]) -> No
 def _write_a2d(folder: Path, text: list[str], size: dict[str, int]) -> None:
     tokenizer = a2d_tokenizer(text, vocab_size=380)
     torch.manual_seed(4)
-    save_a2d(folder, Qwen3ForCausalLM(a2d_config(tokenizer, size, initializer_range=0.25)), tokenizer)
+    save_a2d(folder, Qwen3ForCausalLM(causal_lm_config(tokenizer, size, initializer_range=0.25)), tokenizer)
 
 
 def _write_vocab_dllm(folder: Path, text: list[str], size: dict[str, int]) -> None:

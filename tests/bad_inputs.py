@@ -58,6 +58,11 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
             settings.pop(key, None)
             (folder / name).write_text(json.dumps(settings))
 
+    def remote_code(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_x.XForSequenceClassification"}
+        (folder / "config.json").write_text(json.dumps(config))
+
     return [
         ("duplicate prompt ids", file("dup.jsonl", lines + json.dumps({"text": "Other", "id": "a"}) + "\n")
          + ["benchmark.id_field=id"], "benchmark.id_field"),
@@ -83,6 +88,10 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
          ["model=hf", f"model.path={_checkpoint(folder, 'dllm', 'no-mask', no_mask)}",
           "model.backbone=Qwen2ForCausalLM", "model.logit_shift=true", "model.tokenizer_class=Qwen2Tokenizer"],
          "model.mask_token_id"),
+        ("reward=classifier needing remote code, not trusted",
+         ["reward=classifier", f"reward.path={_checkpoint(folder, 'reward', 'remote-code', remote_code)}"],
+         "reward.trust_remote_code"),
+        ("reward=ar-likelihood without its weights", ["reward=ar-likelihood"], "reward.path"),
         ("model.device=cuda without CUDA", ["model.device=cuda"], "model.device"),
         ("guidance.min_coverage above the coverage", ["guidance=entrgi", "guidance.min_coverage=0.99"],
          "guidance.min_coverage"),

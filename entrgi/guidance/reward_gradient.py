@@ -21,7 +21,7 @@ from entrgi.guidance.base import Guidance, GuidanceConfig, GuidanceContext, Stee
 from entrgi.guidance.mix import WEIGHT_RULES, entropy, lookup_rule, mix_weight, relaxed_embeddings
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
-from entrgi.rewards import RewardModel
+from entrgi.rewards import ResponseTargets, RewardModel
 from entrgi.rewards.vocab_bridge import BridgedReward
 from entrgi.schemas import schema
 from entrgi.validation import ranged, registered
@@ -181,12 +181,13 @@ class RewardGradientGuidance(Guidance):
         optimizer = self.optimizer_cls([phi], lr=self.config.eta)
         # What the RM reads where nothing is optimised: committed tokens stay hard; masked
         # positions outside a focus get their unguided mix, drawn once per step.
-        base_embeds, base_proposal = self.table[response], phi_init.argmax(-1)
+        base_embeds, base_proposal, base_tokens = self.table[response], phi_init.argmax(-1), response
         outside = self._outside_focus(masked, free, context)
         if outside is not None:
             rest = phi_init.gather(1, outside.unsqueeze(-1).expand(-1, -1, vocab))
             mix, hard, _, _ = self._relax(rest, outside, context, iteration=0)
             base_embeds = _put(base_embeds, outside, mix.embeds.detach().to(base_embeds.dtype))
+            base_tokens = base_tokens.scatter(1, outside, hard)
             if self.config.eos_mask_from == "sampled":
                 base_proposal = base_proposal.scatter(1, outside, hard)
 
@@ -200,7 +201,11 @@ class RewardGradientGuidance(Guidance):
             proposal = base_proposal.scatter(1, free, drawn)
             visible = self._visible(response, masked, proposal)
             self.ledger.rm_forward(*rm_pass)
-            return self.reward.score_embeds(self.layout, embeds, visible), mix, ent, weight
+            targets = {}
+            if self.reward.reads_tokens:  # ar-likelihood: the targets relaxed as the inputs are
+                tokens = torch.where(masked, base_tokens.scatter(1, free, hard), response)
+                targets["targets"] = self._targets(phi, tokens, free, free_masked, weight)
+            return self.reward.score_embeds(self.layout, embeds, visible, **targets), mix, ent, weight
 
         best_phi = phi.detach().clone()
         best_score = torch.full((phi.shape[0],), float("-inf"), device=phi.device)
@@ -226,6 +231,18 @@ class RewardGradientGuidance(Guidance):
         stats = {f"{key}_mean": value / self.config.M for key, value in sums.items()}
         stats["reward_curve"] = torch.stack(curve)
         return Steered(logits=_put(phi_init, free, final), stats=stats)
+
+    def _targets(self, phi: torch.Tensor, tokens: torch.Tensor, free: torch.Tensor, free_masked: torch.Tensor,
+                 weight: torch.Tensor) -> ResponseTargets:
+        """The likelihood targets of a reward that reads tokens, in RM ids: the hard `tokens` [N, L] (dLLM ids)
+        everywhere, relaxed at the masked `free` positions [N, F] by q = softmax(φ/τ) of their logits phi
+        [N, F, V] (detached, carried into the RM vocabulary through the bridge's token mapping) and the mix
+        weight w [N, F] (`entrgi.rewards.ar_likelihood`)."""
+        mapping = self.bridged.token_mapping
+        q = torch.softmax(phi.detach().float() / self.config.temperature, dim=-1)
+        probs = q.new_zeros(*q.shape[:-1], self.reward.embedding_table.shape[0])
+        probs.scatter_add_(-1, mapping.expand_as(q), q)
+        return ResponseTargets(mapping[tokens], free, free_masked, probs, weight)
 
     def _outside_focus(self, masked, free, context) -> torch.Tensor | None:
         """Masked positions [N, n_masked - F] left out of the focus (None without a focus)."""

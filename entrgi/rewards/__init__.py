@@ -1,5 +1,7 @@
-"""Rewards: the reward model, and text scorers for Best-of-N and fk (`entrgi.rewards.text`)."""
+"""Rewards: the reward model, the autoregressive-likelihood reward (`entrgi.rewards.ar_likelihood`), and text
+scorers for Best-of-N and fk (`entrgi.rewards.text`)."""
 
+from entrgi.rewards.ar_likelihood import ARLikelihood, ARLikelihoodConfig, ResponseTargets
 from entrgi.rewards.function import FunctionReward, FunctionRewardConfig
 from entrgi.rewards.length import LengthPenalty, LengthPenaltyConfig
 from entrgi.rewards.patterns import RegexReward, RegexRewardConfig
@@ -9,6 +11,8 @@ from entrgi.rewards.toy_oracle import ToyOracleReward, ToyOracleRewardConfig
 from entrgi.rewards.weighted_sum import WeightedSum, WeightedSumConfig
 
 __all__ = [
+    "ARLikelihood",
+    "ARLikelihoodConfig",
     "DecodedText",
     "FunctionReward",
     "FunctionRewardConfig",
@@ -16,6 +20,7 @@ __all__ = [
     "LengthPenaltyConfig",
     "RegexReward",
     "RegexRewardConfig",
+    "ResponseTargets",
     "RewardModel",
     "RewardModelConfig",
     "TextReward",

@@ -48,6 +48,13 @@ class TextPath(StrEnum):
     splice = "splice"
 
 
+class Bridge(StrEnum):
+    """`reward.bridge`: what the RM reads for a dLLM token with no exact match (`entrgi.rewards.vocab_bridge`)."""
+
+    exact = "exact"
+    retokenize = "retokenize"
+
+
 @dataclass
 class RewardReading:
     """How a reward model reads a response: the `reward` keys the `fidelity` overlays set (see the README).
@@ -75,10 +82,15 @@ class RewardReading:
 @schema("reward")
 @dataclass
 class RewardModelConfig(RewardReading):
-    """The `reward` config group's reward models (the Skywork options, `tiny`)."""
+    """The `reward` config group's reward models (`classifier`, the Skywork presets, `tiny`)."""
 
     _target_: str = "entrgi.rewards.RewardModel"
     path: str = MISSING
+    # Run the checkpoint's own Python code (config.json's auto_map, or a model type transformers does not
+    # know): never by default; a checkpoint that needs it is refused before loading, naming this key.
+    trust_remote_code: bool = False
+    # What guidance feeds the RM for a dLLM token with no exact match (`entrgi.rewards.vocab_bridge`).
+    bridge: Bridge = Bridge.exact
     adapter_path: str | None = None
     tokenizer_class: str | None = None
     batch_size: int = ranged(8, low=1)
@@ -114,6 +126,8 @@ class RewardInputLayout:
     suffix_real: torch.Tensor  # [N, S] bool
     prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values), no grad
     precomputed: tuple[int, int] = (0, 0)  # (rows, width) of the forward that computed the cache
+    suffix_ids: torch.Tensor | None = None  # [N, S] long RM ids of the suffix (0 at padding)
+    prefix_last: torch.Tensor | None = None  # [N, d] final hidden state at the last prefix column, with the cache
 
     def pass_width(self, response_length: int) -> int:
         """Columns an RM pass over responses of `response_length` computes (`entrgi.compute`): the prefix
@@ -130,11 +144,18 @@ class RewardModel:
     """
 
     differentiable: ClassVar[bool] = True
+    # Whether `score_embeds` also reads the response's token ids (`targets`): a classifier reads embeddings only.
+    reads_tokens: ClassVar[bool] = False
+    # The frozen network: a transformers Auto class and its `from_pretrained` options (a one-label classifier here).
+    network_class: ClassVar[type] = transformers.AutoModelForSequenceClassification
+    load_options: ClassVar[dict[str, Any]] = {"num_labels": 1}
 
     def __init__(self, config: RewardModelConfig):
         """Load the classifier its `RewardModelConfig` names. The config's fields:
 
-            path: Hub id or local folder of the sequence classifier.
+            path: Hub id or local folder of the sequence classifier (one label, a chat template).
+            trust_remote_code: run the checkpoint's own code (refused by preflight unless set).
+            bridge: what guidance feeds the RM for a dLLM token it has no exact match for.
             adapter_path: a PEFT (LoRA) adapter trained on top of it, merged in at load.
             batch_size: conversations per forward pass on the text path.
             gradient_checkpointing: recompute RM activations in the backward pass of guidance,
@@ -148,13 +169,14 @@ class RewardModel:
         self.config = config
         folder = resolve_checkpoint(config.path, "reward.path")
         self.device = resolve_device(config.device)
-        dtype, classifier = resolve_dtype(config.dtype, self.device), transformers.AutoModelForSequenceClassification
+        dtype, remote = resolve_dtype(config.dtype, self.device), config.trust_remote_code
         if config.shapes:
-            checkpoint = transformers.AutoConfig.from_pretrained(folder, num_labels=1)
+            checkpoint = transformers.AutoConfig.from_pretrained(folder, **self.load_options, trust_remote_code=remote)
             shaped = shaped_config(type(checkpoint), checkpoint.to_dict(), config.shapes)
-            self.network = random_network(classifier, shaped, self.device, dtype)
+            self.network = random_network(self.network_class, shaped, self.device, dtype)
         else:
-            self.network = classifier.from_pretrained(folder, num_labels=1, dtype=dtype)
+            self.network = self.network_class.from_pretrained(folder, **self.load_options, dtype=dtype,
+                                                              trust_remote_code=remote)
         if config.adapter_path:
             self.network = _merge_adapter(self.network, config.adapter_path)
         self.network.to(self.device).eval().requires_grad_(False)
@@ -169,7 +191,7 @@ class RewardModel:
         tok_cls = transformers.AutoTokenizer
         if config.tokenizer_class:
             tok_cls = getattr(transformers, config.tokenizer_class)
-        self.tokenizer = tok_cls.from_pretrained(folder)
+        self.tokenizer = tok_cls.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
         if self.network.config.pad_token_id is None:  # batched pooling needs it
             self.network.config.pad_token_id = self.tokenizer.pad_token_id
 
@@ -203,7 +225,7 @@ class RewardModel:
 
         prefix_embeds, prefix_mask = embed(prefix_ids, prefix_real)
         suffix_embeds, suffix_mask = embed(suffix_ids, suffix_real)
-        cache, precomputed = None, (0, 0)
+        cache, precomputed, prefix_last = None, (0, 0), None
         # A row whose suffix is empty may be pooled inside the prefix; checkpointing recomputes
         # layers and would append to the cache twice: both take the uncached path.
         cached = self.config.prefix_cache and not self.config.gradient_checkpointing
@@ -218,6 +240,7 @@ class RewardModel:
                 for keys, values, *_ in getattr(out, _CACHE)
             ]
             precomputed = tuple(prefix_embeds.shape[:2])
+            prefix_last = out.last_hidden_state[:, -1].repeat_interleave(num_samples, 0)
 
         def per_sample(tensor):
             return tensor.repeat_interleave(num_samples, 0)
@@ -225,6 +248,8 @@ class RewardModel:
         return RewardInputLayout(
             per_sample(prefix_embeds), per_sample(suffix_embeds), per_sample(prefix_mask), per_sample(suffix_mask),
             cache, precomputed,
+            per_sample(torch.tensor(suffix_ids, device=self.device, dtype=torch.long).reshape(len(parts), -1)),
+            prefix_last,
         )
 
     def _positions(self, visible: torch.Tensor) -> torch.Tensor:
@@ -252,15 +277,28 @@ class RewardModel:
         return mask | diagonal if mask.dtype == torch.bool else mask.masked_fill(diagonal, 0.0)
 
     def score_embeds(
-        self, layout: RewardInputLayout, response_embeds: torch.Tensor, response_visible: torch.Tensor
+        self, layout: RewardInputLayout, response_embeds: torch.Tensor, response_visible: torch.Tensor,
+        targets=None,
     ) -> torch.Tensor:
         """Differentiable float32 scores [N] of responses given as embeddings [N, L, d].
+
+        `targets` (the response's tokens, `entrgi.rewards.ar_likelihood.ResponseTargets`) is read by a
+        reward with `reads_tokens` only; a classifier ignores it.
 
         `response_visible` [N, L] hides response positions from the RM (after the first EOS).
         With `positions="visible"` positions count visible tokens only, as if hidden ones were not
         there; with "absolute" every column has its index as position, as when the authors' script
         calls the RM without position ids. Each row is pooled at its last visible position.
         """
+        hidden, visible, offset = self.hidden_states(layout, response_embeds, response_visible)
+        last = (visible.long() * torch.arange(visible.shape[1], device=visible.device)).argmax(-1) - offset
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.network.score(pooled)[:, 0].float()
+
+    def hidden_states(self, layout: RewardInputLayout, response_embeds: torch.Tensor, response_visible: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The base network's final hidden states over [prefix | response | suffix] (the prefix left out when
+        cached): (hidden [N, S - offset, d], visible [N, S] bool over all columns, offset = columns left out)."""
         dtype = layout.prefix_embeds.dtype
         visible = torch.cat([layout.prefix_real, response_visible, layout.suffix_real], dim=1)
         positions = self._positions(visible)
@@ -275,9 +313,7 @@ class RewardModel:
             inputs_embeds=embeds, attention_mask=self._mask(embeds, visible, positions, past),
             position_ids=positions, use_cache=past is not None, **{_CACHE: past},
         ).last_hidden_state
-        last = (visible.long() * torch.arange(visible.shape[1], device=visible.device)).argmax(-1) - offset
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.network.score(pooled)[:, 0].float()
+        return hidden, visible, offset
 
     @torch.no_grad()
     def score_texts(self, prompts: list[str], responses: list[str], ledger: ComputeLedger | None = None
@@ -288,11 +324,7 @@ class RewardModel:
         `text_path="template"` renders each response with the chat template; "splice" tokenises
         the template's prefix and suffix (as the embedding path does) and the response verbatim.
         """
-        if self.config.text_path == "splice":
-            rows = [self.splice_ids(p, r) for p, r in zip(prompts, responses, strict=True)]
-        else:
-            texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-            rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        rows = self.text_rows(prompts, responses)
         scores = []
         for i in range(0, len(rows), self.config.batch_size):
             batch = self.tokenizer.pad(
@@ -302,6 +334,13 @@ class RewardModel:
                 ledger.rm_forward(*batch["input_ids"].shape)
             scores.append(self.network(**batch).logits[:, 0].float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
+
+    def text_rows(self, prompts: list[str], responses: list[str]) -> list[list[int]]:
+        """RM token ids of each conversation as the text path reads it (`reward.text_path`)."""
+        if self.config.text_path == "splice":
+            return [self.splice_ids(p, r) for p, r in zip(prompts, responses, strict=True)]
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
     def splice_ids(self, prompt: str, response: str) -> list[int]:
         """RM token ids of [template prefix | the response's own tokens | template suffix]."""
