@@ -2,11 +2,12 @@
 
 Shared by the sampler's commit step and by guidance's hard-token draws, which together run it
 M + 1 times per denoising step over every masked position: it must cost a few passes over the
-vocabulary, not a sort. `draw_log_prob` gives the probability of a draw under the same filtering
+vocabulary and one values-only sort, not an index sort, and on a CPU run in row blocks that stay
+in the cache (`row_blocks`). `draw_log_prob` gives the probability of a draw under the same filtering
 (the importance weights of `guidance=entrgi-smc`). Randomness comes in as explicit uniforms (from the counter-based
 streams of `entrgi.noise`), so a row's sample does not depend on the batch it sits in.
 
-Probability mass is counted in integers (`MASS_BITS` fractional bits): integer sums are exact
+Probability mass is counted in integers (`MASS_BITS` fractional bits, held in float64): integer sums are exact
 and order-free, so the nucleus and the draw are the same on every device, batch size and
 thread count, where float sums in a different order could move a token across the boundary.
 
@@ -23,6 +24,7 @@ from torch import Tensor
 
 MASS_BITS = 40  # 2^-40 resolution: a row's total mass, <= 2^40, sums exactly in float64 (< 2^53)
 BLOCK_ELEMENTS = 1 << 20  # entries per block of rows processed at once on a CPU (`row_blocks`)
+DEVICE_BLOCK_ELEMENTS = 1 << 24  # and on an accelerator: 128 MiB per float64 temporary
 
 
 def sample_nucleus(logits: Tensor, uniform: Tensor, top_p: float = 1.0, top_k: int | None = None) -> Tensor:
@@ -106,11 +108,12 @@ def draw_log_prob(
 
 
 def row_blocks(rows: int, vocab: int, device: torch.device) -> list[slice]:
-    """Slices of `rows` rows of `vocab` entries to process one after the other: blocks of about
-    `BLOCK_ELEMENTS` on a CPU (the temporaries of a row-wise computation then stay in the cache and the
-    allocator's reused pages, instead of fresh pages of vocabulary-sized tensors at every call); all
-    rows at once elsewhere, where the caching allocator already reuses memory and each launch costs."""
-    step = max(1, BLOCK_ELEMENTS // vocab) if device.type == "cpu" else max(rows, 1)
+    """Slices of `rows` rows of `vocab` entries to process one after the other, about `BLOCK_ELEMENTS`
+    entries each on a CPU: the temporaries of a row-wise computation then stay in the cache and in the
+    allocator's reused pages, instead of fresh pages of vocabulary-sized tensors at every call. On an
+    accelerator (`DEVICE_BLOCK_ELEMENTS`) the blocks only bound the float64 temporaries, in few launches."""
+    size = BLOCK_ELEMENTS if device.type == "cpu" else DEVICE_BLOCK_ELEMENTS
+    step = max(1, size // vocab)
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
