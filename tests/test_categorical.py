@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from entrgi import categorical
 from entrgi.categorical import MASS_BITS, draw_log_prob, nucleus_mask, sample_filtered, sample_nucleus
 
 NINF = float("-inf")
@@ -167,3 +168,58 @@ def test_draw_log_prob_by_hand_and_greedy():
     expected = [NINF, math.log(0.625), NINF, math.log(0.375)]
     assert draw_log_prob(logits, tokens, False, 0.7).tolist() == pytest.approx(expected)
     assert draw_log_prob(logits, tokens, True, 0.7).tolist() == [NINF, 0.0, NINF, NINF]  # the argmax, surely
+
+
+def _reference_draw(logits: torch.Tensor, u: torch.Tensor, top_p: float, top_k: int | None):
+    """The definition, written out with a stable index sort and int64 masses: (token ids, kept [R, V])."""
+    vocab = logits.shape[-1]
+    probs = torch.softmax(logits.float(), dim=-1).nan_to_num(nan=1.0 / vocab)
+    mass = (probs * float(1 << MASS_BITS)).long()
+    if top_p < 1.0:
+        order = torch.sort(probs, dim=-1, descending=True, stable=True).indices  # ties by vocabulary index
+        ordered = mass.gather(-1, order)
+        need = torch.clamp(ordered.sum(-1, keepdim=True), max=max(1, int(top_p * (1 << MASS_BITS))))
+        mass = mass * torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ordered.cumsum(-1) - ordered < need)
+    if top_k is not None and top_k < vocab:
+        mass = mass * (probs >= probs.topk(top_k, dim=-1).values[:, -1:])
+    cdf = mass.cumsum(-1)
+    target = (u.double()[:, None] * cdf[:, -1:]).long()
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1), mass > 0
+
+
+def _hard_rows(gen: torch.Generator, rows: int, vocab: int) -> torch.Tensor:
+    """Instruct-like rows (Zipf over a random ranking), rounded ones (exact ties), -inf tokens and a NaN row."""
+    ranks = torch.argsort(torch.rand(rows, vocab, generator=gen), dim=-1).float() + 1
+    logits = -(0.8 + 2 * torch.rand(rows, 1, generator=gen)) * ranks.log() + torch.randn(rows, vocab, generator=gen)
+    logits[rows // 4 : rows // 2] = torch.round(logits[rows // 4 : rows // 2] * 2) / 2
+    logits[rows // 2 :: 3, :: max(2, vocab // 7)] = NINF
+    logits[-1, 0] = NAN
+    return logits
+
+
+@pytest.mark.parametrize("vocab", [2, 3, 17, 424, 4999])
+@pytest.mark.parametrize("top_p,top_k", [(0.95, None), (0.5, None), (1e-13, None), (0.9, 5), (1.0, 3), (0.999, None)])
+def test_draws_and_nucleus_equal_the_reference_definition(vocab, top_p, top_k, monkeypatch):
+    """Token for token and kept set for kept set, over row blocks of several sizes (one block, many)."""
+    gen = torch.Generator().manual_seed(vocab)
+    logits = _hard_rows(gen, 64, vocab)
+    u = torch.rand(64, generator=gen)
+    ids, kept = _reference_draw(logits, u, top_p, top_k)
+    tokens = torch.cat([ids[:, None], torch.randint(vocab, (64, 7), generator=gen)], dim=1)
+    for block in (1 << 20, 3 * vocab):
+        monkeypatch.setattr(categorical, "BLOCK_ELEMENTS", block)
+        drawn, filtered = sample_filtered(logits, u, top_p, top_k)
+        assert torch.equal(drawn, ids), block
+        assert torch.equal(filtered > 0, kept), block
+        assert torch.equal(sample_nucleus(logits, u, top_p, top_k), ids), block
+        log_prob = draw_log_prob(logits[:, None, :].expand(-1, 8, -1), tokens, False, top_p, top_k)
+        # (the NaN row has no log-probabilities: NaN there)
+        assert torch.equal(log_prob[:-1] > NINF, kept.gather(1, tokens)[:-1]), block
+
+
+def test_draws_equal_the_reference_at_dreams_vocabulary():
+    gen = torch.Generator().manual_seed(152064)
+    logits = _hard_rows(gen, 4, 152064) / 0.7
+    u = torch.rand(4, generator=gen)
+    for top_p in (0.95, 0.5):
+        assert torch.equal(sample_nucleus(logits, u, top_p), _reference_draw(logits, u, top_p, None)[0]), top_p

@@ -13,6 +13,7 @@ from entrgi.guidance.mix import (
     entropy_weight,
     mix_weight,
     relaxed_embeddings,
+    soft_distribution,
 )
 
 RULES = ("soft", "aps", "entrgi")
@@ -237,3 +238,41 @@ def test_shape_validation() -> None:
         relaxed_embeddings(phi, TABLE, HARD.view(1), torch.tensor(0.0), 1.0)
     with pytest.raises(ValueError):
         relaxed_embeddings(phi, TABLE, HARD, torch.tensor(0.0), 0.0)
+
+
+def _entropy_definition(logits: torch.Tensor) -> torch.Tensor:
+    """H(softmax(logits)) as first written: 0·log 0 = 0 by a `where` on the probabilities."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    p = log_p.exp()
+    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+
+
+@pytest.mark.parametrize("block", [1 << 20, 1])
+def test_entropy_equals_its_definition_in_row_blocks(block, monkeypatch) -> None:
+    """Bit for bit, on rows with -inf tokens, a one-hot row, a NaN row; in one block or row by row."""
+    from entrgi import categorical
+
+    monkeypatch.setattr(categorical, "BLOCK_ELEMENTS", block)
+    logits = torch.randn(3, 5, 300, generator=torch.Generator().manual_seed(2)) * 4
+    logits[0, :, ::3] = float("-inf")
+    logits[1, 0] = float("-inf")
+    logits[1, 0, 7] = 0.0
+    logits[2, 1, 4] = float("nan")
+    assert torch.equal(entropy(logits), _entropy_definition(logits))
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.7, 1.3])
+def test_soft_distribution_is_the_tempered_softmax_and_the_untempered_entropy(tau) -> None:
+    phi = (torch.randn(4, 50, generator=torch.Generator().manual_seed(3)) * 3).requires_grad_(True)
+    q, ent = soft_distribution(phi, tau)
+    assert torch.allclose(q, torch.softmax(phi / tau, dim=-1), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(ent, entropy(phi), rtol=1e-5, atol=1e-6) and not ent.requires_grad
+    assert q.requires_grad
+    table = torch.randn(50, 2, generator=torch.Generator().manual_seed(4))
+    hard, w = torch.zeros(4, dtype=torch.long), torch.full((4,), 0.3)
+    shared = relaxed_embeddings(phi, table, hard, w, tau, entropy_nats=ent, soft_probs=q)
+    alone = relaxed_embeddings(phi, table, hard, w, tau)
+    assert torch.allclose(shared.embeds, alone.embeds, atol=1e-6)
+    assert torch.allclose(shared.entropy, alone.entropy, atol=1e-6)
+    grads = [torch.autograd.grad(out.embeds.sum(), phi, retain_graph=True)[0] for out in (shared, alone)]
+    assert torch.allclose(*grads, atol=1e-6)

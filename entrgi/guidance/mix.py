@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from entrgi.categorical import row_blocks
+
 __all__ = [
     "WEIGHT_RULES",
     "MixOutput",
@@ -21,6 +23,7 @@ __all__ = [
     "entropy_weight",
     "mix_weight",
     "relaxed_embeddings",
+    "soft_distribution",
     "weight_rule",
 ]
 
@@ -82,20 +85,37 @@ class MixOutput:
     ood_distance: Tensor  # D = ‖ê − ē‖₂, float32, detached [...]
 
 
-def _entropy_from_log_probs(log_probs: Tensor) -> Tensor:
-    """Shannon entropy from log-probabilities, with 0·log 0 = 0 so -inf logits are safe."""
-    probs = log_probs.exp()
-    plogp = torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs))
-    return -plogp.sum(dim=-1)
+def _entropy_from_log_probs(log_probs: Tensor, probs: Tensor | None = None) -> Tensor:
+    """Shannon entropy [...] from log-probabilities [..., V] (and their exp, when at hand), with 0·log 0 = 0
+    so -inf logits are safe: 0·(-inf) is NaN, and the only NaN terms are those (or a NaN row's, read as 0)."""
+    plogp = (log_probs.exp() if probs is None else probs) * log_probs
+    return -plogp.nan_to_num_(nan=0.0).sum(dim=-1)
 
 
 def entropy(logits: Tensor) -> Tensor:
     """H(softmax(logits)) in nats over the last dim, float32 and detached.
 
-    Detached because it is a measurement and the EntRGi weight is stop-gradient anyway.
+    Detached because it is a measurement and the EntRGi weight is stop-gradient anyway. On a CPU the
+    rows go in blocks (`entrgi.categorical.row_blocks`), so no vocabulary-sized temporary is made.
     """
-    log_probs = torch.log_softmax(logits.detach().float(), dim=-1)
-    return _entropy_from_log_probs(log_probs)
+    flat = logits.detach().reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    for rows in row_blocks(*flat.shape, flat.device):
+        out[rows] = _entropy_from_log_probs(torch.log_softmax(flat[rows].float(), dim=-1))
+    return out.reshape(logits.shape[:-1])
+
+
+def soft_distribution(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """(softmax(φ/τ) [..., V] float32, differentiable w.r.t. φ; H(softmax(φ)) [...] in nats, detached): what
+    the soft embedding and the entropy weight read of logits φ [..., V]. At τ = 1 both come from one
+    log-softmax; otherwise the entropy is of the untempered φ (`entropy`)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if temperature == 1:
+        log_q = torch.log_softmax(logits.float(), dim=-1)
+        q = log_q.exp()
+        return q, _entropy_from_log_probs(log_q.detach(), q.detach())
+    return torch.softmax(logits.float() / temperature, dim=-1), entropy(logits)
 
 
 def _normalise_entropy(ent: Tensor, vocab_size: int) -> Tensor:
@@ -131,12 +151,14 @@ def relaxed_embeddings(
     temperature: float,
     *,
     entropy_nats: Tensor | None = None,
+    soft_probs: Tensor | None = None,
 ) -> MixOutput:
     """RM input ê = ẽ + sg(w·(ē − ẽ)) with ẽ = softmax(φ/τ) @ E and ē = E[x].
 
     Shapes: logits φ [..., V], embedding_table E [V, d] (RM rows in dLLM vocabulary
-    order), hard_tokens x [...], weight w [...]. `entropy_nats` (of the untempered φ)
-    may be passed in to avoid recomputing it.
+    order), hard_tokens x [...], weight w [...]. `entropy_nats` (of the untempered φ) and
+    `soft_probs` (softmax(φ/τ), differentiable: `soft_distribution`) may be passed in to avoid
+    recomputing them.
 
     Dtype: ẽ is computed in E's dtype (probabilities are cast, the table is not), because
     the RM consumes that dtype and a float32 copy of a 152k×d table per call would cost
@@ -159,13 +181,12 @@ def relaxed_embeddings(
         )
     table = embedding_table.detach()
 
-    if entropy_nats is None and temperature == 1:
-        # At τ = 1 the tempered and untempered softmax coincide: reuse it for the entropy.
-        log_q = torch.log_softmax(logits.float(), dim=-1)
-        q, ent = log_q.exp(), _entropy_from_log_probs(log_q.detach())
+    if soft_probs is not None:
+        q, ent = soft_probs, entropy(logits) if entropy_nats is None else entropy_nats.detach().float()
+    elif entropy_nats is None:
+        q, ent = soft_distribution(logits, temperature)
     else:
-        q = torch.softmax(logits.float() / temperature, dim=-1)
-        ent = entropy(logits) if entropy_nats is None else entropy_nats.detach().float()
+        q, ent = torch.softmax(logits.float() / temperature, dim=-1), entropy_nats.detach().float()
     soft = q.to(table.dtype) @ table  # ẽ [..., d], differentiable w.r.t. φ
     hard = table[hard_tokens]  # ē [..., d]
 

@@ -15,10 +15,10 @@ from enum import StrEnum
 
 import torch
 
-from entrgi.categorical import sample_nucleus
+from entrgi.categorical import draw_logits, sample_nucleus
 from entrgi.compute import ComputeLedger
 from entrgi.guidance.base import Guidance, GuidanceConfig, GuidanceContext, Steered
-from entrgi.guidance.mix import WEIGHT_RULES, entropy, lookup_rule, mix_weight, relaxed_embeddings
+from entrgi.guidance.mix import WEIGHT_RULES, lookup_rule, mix_weight, relaxed_embeddings, soft_distribution
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
 from entrgi.rewards import ResponseTargets, RewardModel
@@ -158,14 +158,13 @@ class RewardGradientGuidance(Guidance):
 
     def _relax(self, phi: torch.Tensor, positions: torch.Tensor, context: GuidanceContext, iteration: int):
         """The RM input at `positions` from their logits phi [N, F, V]: (mix, hard tokens, entropy, w)."""
-        current = phi.detach()
-        ent = entropy(current)
+        current, temperature = phi.detach(), self.config.temperature
+        soft, ent = soft_distribution(phi, temperature)  # at τ = 1 one log-softmax gives both
         weight = mix_weight(self.config.rule, current, entropy_nats=ent)
-        scaled = current / self.config.temperature
-        scaled[..., self.mask_token_id] = float("-inf")  # as in the commit draw: <mask> is no token
+        scaled = draw_logits(current, temperature, self.mask_token_id)  # as in the commit draw: <mask> is no token
         uniforms = context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, context.masked.shape[-1], iteration)
         hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.config.top_p, self.config.top_k)
-        mix = relaxed_embeddings(phi, self.table, hard, weight, self.config.temperature, entropy_nats=ent)
+        mix = relaxed_embeddings(phi, self.table, hard, weight, temperature, entropy_nats=ent, soft_probs=soft)
         return mix, hard, ent, weight
 
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
