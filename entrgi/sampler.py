@@ -21,6 +21,7 @@ import torch
 from entrgi.categorical import draw_logits, sample_filtered
 from entrgi.compute import ComputeLedger
 from entrgi.guidance import Committed, Guidance, GuidanceContext
+from entrgi.guidance.base import true_columns
 from entrgi.host_flag import HostFlag
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
@@ -80,6 +81,7 @@ class DiffusionSampler:
         schedule.check_length(config.max_new_tokens)
         # Computed once on the host: reading counts inside the loop would wait on the device.
         self.plan = schedule.planned_counts(config.max_new_tokens) or [None] * schedule.steps
+        self.bounds = schedule.masked_bounds(config.max_new_tokens) or [None] * schedule.steps
 
     def build_canvas(self, prompt_token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompts, each repeated K times, followed by L masks; and the key mask."""
@@ -143,7 +145,8 @@ class DiffusionSampler:
             masked = response == self.model.mask_token_id
             logits = self.model.logits(canvas, attention, start)
             compute.dllm_forward(*canvas.shape)
-            context = GuidanceContext(step, response, masked, noise, self.plan[step])
+            context = GuidanceContext(step, response, masked, noise, self.plan[step],
+                                      true_columns(masked, self.bounds[step]))
             nonfinite.observe("dllm", step, logits)
             steered = self.guidance.steer(logits, context)
             if steered.logits is not logits:  # unguided steps return the dLLM's logits, checked already

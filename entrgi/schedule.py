@@ -120,8 +120,19 @@ class UnmaskSchedule:
         known on the host before the loop (computed with the same float32 arithmetic); None with
         `confidence_threshold`, whose counts depend on the confidences.
         """
-        if self.config.confidence_threshold is not None:
-            return None
+        return None if self.config.confidence_threshold is not None else self._grid_counts(length)
+
+    def masked_bounds(self, length: int) -> list[int] | None:
+        """The most positions any trajectory has masked at each step (None: no bound below `length`).
+
+        The planned masked counts; also a bound under `confidence_threshold`, whose steps commit at
+        least the grid's count of what is left: n − floor(n·(1 − s/t)) never decreases with n.
+        """
+        plan = self._grid_counts(length)
+        return None if plan is None else [masked for masked, _ in plan]
+
+    def _grid_counts(self, length: int) -> list[tuple[int, int]] | None:
+        """(masked, committed) counts per step of the grid alone, left to right."""
         masked = torch.ones(1, length, dtype=torch.bool)
         plan, done = [], 0
         for step in range(self.steps):
@@ -194,7 +205,7 @@ class OriginSchedule(UnmaskSchedule):
 
     thresholded = False  # no confidence
 
-    def planned_counts(self, length):
+    def _grid_counts(self, length):
         return None  # random per trajectory
 
     def commit_mask(self, masked, tokens, order_probs, step, noise, eos_token_id, positions=None):

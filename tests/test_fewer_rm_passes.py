@@ -125,6 +125,26 @@ def test_threshold_decoding_is_deterministic_and_batch_invariant_in_its_samples(
     assert len(batched.steps) == max(steps_alone) and min(steps_alone) < max(steps_alone)
 
 
+def test_unplanned_counts_are_bounded_by_the_grids(random_model, random_reward):
+    """Under the threshold no row has more masks than the grid alone would leave: the sampler draws and guidance
+    optimises that many columns (every masked one first), with the samples of drawing at all columns."""
+    bounds = EntropySchedule(ScheduleConfig(steps=LENGTH)).masked_bounds(LENGTH)
+    assert MaskGitPlusSchedule(ScheduleConfig(steps=LENGTH, confidence_threshold=0.25)).masked_bounds(LENGTH) == bounds
+    assert OriginSchedule(ScheduleConfig(steps=4)).masked_bounds(LENGTH) is None
+    widths, runs = [], []
+    for bounded in (True, False):
+        guidance = RewardGradientGuidance(guidance_config(M=2, eta=3.0), model=random_model, reward=random_reward)
+        sampler = _threshold_sampler(random_model, guidance)
+        guidance.steer = lambda logits, context, steer=guidance.steer: (
+            widths.append(context.positions.shape[1]) or steer(logits, context))
+        if not bounded:
+            sampler.bounds = [None] * LENGTH
+        runs.append(sampler.generate(PROMPTS, IDS, seed=5))
+    steps = len(runs[0].steps)
+    assert widths == bounds[:steps] + [LENGTH] * steps and bounds[2] < LENGTH
+    assert torch.equal(runs[0].responses, runs[1].responses)
+
+
 def test_guidance_optimises_every_masked_position_when_counts_are_not_planned(random_model, random_reward):
     """No plan: focus_margin has no count to focus on, and guided threshold decoding equals it without the margin."""
     guided = [_threshold_sampler(random_model, RewardGradientGuidance(guidance_config(M=2, eta=3.0, **option),
