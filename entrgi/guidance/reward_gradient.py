@@ -184,8 +184,8 @@ class RewardGradientGuidance(Guidance):
             return Steered(logits=logits, stats={})
         masked, response = context.masked, context.response
         if self.gate is not None:
-            if self.gate.closed():  # every trajectory's gate closed at an earlier step
-                return Steered(logits=logits, stats={})
+            if self.gate.closed():  # every gate closed at an earlier step: the float32 logits a closed row gets
+                return Steered(logits=logits.detach().float(), stats={})  # (bf16 draws would depend on the batch)
             guided_rows = self.gate.update(logits, masked, context.positions)
         vocab = logits.shape[-1]
         phi_init = logits.detach().float()
