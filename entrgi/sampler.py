@@ -8,6 +8,8 @@ per-trajectory streams, so a prompt's samples do not depend on the batch it is i
 the loop reads a value back to the host: whether the dLLM's or the guided logits held a NaN or
 ±inf is kept on the device and read once the batch is done (`entrgi.nonfinite`), and each dLLM
 forward is counted from the canvas's shape (`entrgi.compute`; the guidance counts its own RM work).
+With `schedule.confidence_threshold` (off by default) the counts adapt and the loop ends once no
+position is masked: one host read per step, after the commit (`entrgi.host_flag`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 from entrgi.categorical import draw_logits, sample_filtered
 from entrgi.compute import ComputeLedger
 from entrgi.guidance import Committed, Guidance, GuidanceContext
+from entrgi.guidance.base import true_columns
+from entrgi.host_flag import HostFlag
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream, TrajectoryNoise
 from entrgi.nonfinite import FirstNonFinite, NonFiniteLogits
@@ -77,6 +81,7 @@ class DiffusionSampler:
         schedule.check_length(config.max_new_tokens)
         # Computed once on the host: reading counts inside the loop would wait on the device.
         self.plan = schedule.planned_counts(config.max_new_tokens) or [None] * schedule.steps
+        self.bounds = schedule.masked_bounds(config.max_new_tokens) or [None] * schedule.steps
 
     def build_canvas(self, prompt_token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompts, each repeated K times, followed by L masks; and the key mask."""
@@ -121,9 +126,11 @@ class DiffusionSampler:
     def denoise(
         self, canvas: torch.Tensor, attention: torch.Tensor, noise: TrajectoryNoise
     ) -> Denoised:
-        """Run every denoising step on `canvas` in place; statistics and the non-finite check stay on the device.
+        """Run the denoising steps on `canvas` in place; statistics and the non-finite check stay on the device.
 
-        Nothing in here reads a device value on the host (tests run it with host reads forbidden).
+        Nothing in here reads a device value on the host (tests run it with host reads forbidden), but
+        for the flags of the options that skip work (`entrgi.host_flag`): with `schedule.confidence_threshold`,
+        whether any position is still masked after each step, which ends the loop early.
         """
         start = canvas.shape[1] - self.max_new_tokens
         length = self.max_new_tokens
@@ -131,12 +138,15 @@ class DiffusionSampler:
         per_step = []
         nonfinite = FirstNonFinite(("dllm", "guided"), self.schedule.steps, canvas.device)
         compute = ComputeLedger()
+        adaptive = self.schedule.config.confidence_threshold is not None
+        masked_left = HostFlag(canvas.device) if adaptive else None
         for step in range(self.schedule.steps):
             response = canvas[:, start:]
             masked = response == self.model.mask_token_id
             logits = self.model.logits(canvas, attention, start)
             compute.dllm_forward(*canvas.shape)
-            context = GuidanceContext(step, response, masked, noise, self.plan[step])
+            context = GuidanceContext(step, response, masked, noise, self.plan[step],
+                                      true_columns(masked, self.bounds[step]))
             nonfinite.observe("dllm", step, logits)
             steered = self.guidance.steer(logits, context)
             if steered.logits is not logits:  # unguided steps return the dLLM's logits, checked already
@@ -157,7 +167,10 @@ class DiffusionSampler:
             )
             canvas[:, start:] = torch.where(commit, tokens, response)
             stats = {"masked": masked.sum(-1).float().mean(), **steered.stats}
-            if step + 1 < self.schedule.steps:  # resampling the finished responses would only duplicate some
+            if adaptive:
+                masked_left.post((canvas[:, start:] == self.model.mask_token_id).any())
+            finished = step + 1 == self.schedule.steps or (adaptive and not masked_left.read())
+            if not finished:  # resampling the finished responses would only duplicate some
                 committed = Committed(
                     step, canvas[:, start:], self.model.mask_token_id, steered.logits, tokens, noise, self.num_samples,
                     unguided=logits, commit=commit, planned=self.plan[step], temperature=temperature, top_p=top_p,
@@ -165,6 +178,8 @@ class DiffusionSampler:
                 )
                 stats |= self._resample(canvas, committed)
             per_step.append(stats)
+            if finished:
+                break
         return Denoised(steps=per_step, nonfinite=nonfinite, compute=compute)
 
     def _resample(self, canvas: torch.Tensor, committed: Committed) -> dict[str, torch.Tensor]:

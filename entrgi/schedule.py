@@ -6,6 +6,10 @@ as the authors' script does (`int(n * (1 - s.item() / t.item()))`). The rule nam
 follow Dream's ``diffusion_generate``. A rule is only a confidence function;
 how many positions are committed, how ties and EOS are treated and how ``alg_temp`` draws
 positions are shared by all rules, so a new rule is one small subclass plus a YAML file.
+
+`confidence_threshold` (off by default) makes the counts adapt, after Fast-dLLM's parallel
+decoding (Wu et al. 2025, arXiv 2505.22618): a step also commits every candidate whose confidence
+exceeds the threshold, and at least one, so a run may finish before `steps`, its maximum.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class ScheduleConfig:
     # temperature 0) or none ("untempered": at very low sampling temperatures tempered
     # confidences all tie at 1 and unmasking degenerates into left-to-right order).
     order_temperature: OrderTemperature = OrderTemperature.sampling
+    # Confidence-threshold decoding (module docstring): also commit every masked position whose confidence,
+    # in the rule's own units, exceeds this (maskgit_plus: the sampled token's probability; topk_margin: top-1
+    # minus top-2 probability; entropy: sum p log p = -H, nats, <= 0). None: the counts of the grid only.
+    confidence_threshold: float | None = None
 
 
 @schema("schedule", "low_confidence")
@@ -71,9 +79,22 @@ class LowConfidenceConfig(ScheduleConfig):
 
 
 class UnmaskSchedule:
-    """Commit a number of masked positions per step, chosen by confidence."""
+    """Commit a number of masked positions per step, chosen by confidence.
+
+    With `confidence_threshold` a step commits the union of the grid's count of the most confident
+    positions (at least one) and every position whose confidence (before `alg_temp`'s noise and the
+    EOS ranking) exceeds the threshold; the counts then depend on the data (`planned_counts` is None)
+    and the sampler stops once nothing is masked. With `steps` equal to the response length the
+    grid's count is 0 or 1 and this is Fast-dLLM's rule: above the threshold, else the most confident.
+    """
+
+    # Whether `confidence_threshold` applies: a confidence to compare, and counts free to adapt.
+    thresholded: bool = True
 
     def __init__(self, config: ScheduleConfig):
+        if config.confidence_threshold is not None and not self.thresholded:
+            raise ConfigError(f"schedule.confidence_threshold={config.confidence_threshold} does not apply to "
+                              f"{type(self).__name__}: use schedule=entropy, maskgit_plus or topk_margin")
         self.config = config
         self.steps = steps = config.steps
         # Plain floats (the float32 grid's values), computed once: reading them in the loop costs no device sync.
@@ -96,8 +117,22 @@ class UnmaskSchedule:
         """(masked, committed) counts per step for a fully masked response of `length`.
 
         Every trajectory follows the same counts under the rank-based rules, so they are
-        known on the host before the loop (computed with the same float32 arithmetic).
+        known on the host before the loop (computed with the same float32 arithmetic); None with
+        `confidence_threshold`, whose counts depend on the confidences.
         """
+        return None if self.config.confidence_threshold is not None else self._grid_counts(length)
+
+    def masked_bounds(self, length: int) -> list[int] | None:
+        """The most positions any trajectory has masked at each step (None: no bound below `length`).
+
+        The planned masked counts; also a bound under `confidence_threshold`, whose steps commit at
+        least the grid's count of what is left: n − floor(n·(1 − s/t)) never decreases with n.
+        """
+        plan = self._grid_counts(length)
+        return None if plan is None else [masked for masked, _ in plan]
+
+    def _grid_counts(self, length: int) -> list[tuple[int, int]] | None:
+        """(masked, committed) counts per step of the grid alone, left to right."""
         masked = torch.ones(1, length, dtype=torch.bool)
         plan, done = [], 0
         for step in range(self.steps):
@@ -137,6 +172,9 @@ class UnmaskSchedule:
 
         With `positions` [N, F], `order_probs` [N, F, V] holds the ranking distribution at
         those columns only (every masked one among them); the rest rank last.
+
+        With `confidence_threshold`: the grid's count (at least one) of the top-ranked candidates,
+        and every candidate whose confidence exceeds the threshold.
         """
         candidates = self.candidates(masked, step)
         n_commit = self.commit_count(candidates, step)
@@ -145,6 +183,10 @@ class UnmaskSchedule:
         else:
             at = self.confidence(order_probs, tokens.gather(1, positions)).to(torch.float32)
             score = torch.full(masked.shape, float("-inf"), device=at.device).scatter(1, positions, at)
+        threshold = self.config.confidence_threshold
+        confident = None if threshold is None else candidates & (score > threshold)
+        if confident is not None:
+            n_commit = n_commit.clamp(min=1)
         if self.config.alg_temp > 0:  # sampling without replacement from softmax(score / alg_temp)
             score = score / self.config.alg_temp + noise.gumbel(Stream.ORDER, step, score.shape[-1])
         if self.config.deprioritize_eos:
@@ -154,13 +196,16 @@ class UnmaskSchedule:
         rank = torch.empty_like(order).scatter_(
             -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
         )
-        return candidates & (rank < n_commit[:, None])
+        commit = candidates & (rank < n_commit[:, None])
+        return commit if confident is None else commit | confident
 
 
 class OriginSchedule(UnmaskSchedule):
     """Each masked position is revealed independently with probability 1 - s/t."""
 
-    def planned_counts(self, length):
+    thresholded = False  # no confidence
+
+    def _grid_counts(self, length):
         return None  # random per trajectory
 
     def commit_mask(self, masked, tokens, order_probs, step, noise, eos_token_id, positions=None):
@@ -201,6 +246,7 @@ class LowConfidenceSchedule(MaskGitPlusSchedule):
     first steps taking the remainder. Counts are fixed in advance, as in LLaDA.
     """
 
+    thresholded = False  # each block owns a fixed share of the steps: a block finished early would idle
 
     def check_length(self, length: int) -> None:
         block = self.config.block_length or length

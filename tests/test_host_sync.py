@@ -32,12 +32,18 @@ HOST_READS = ["item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__in
 
 
 @contextlib.contextmanager
-def host_reads_forbidden():
+def host_reads_forbidden(allowed: list | None = None):
+    """Every host read raises, but Adam's; with `allowed` (a list), the reads of `entrgi.host_flag` (the one
+    read of the options that skip work) go through and are appended to it."""
     saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
 
     def forbid(name):
         def read(self, *args, **kwargs):
-            if "torch/optim" in sys._getframe(1).f_code.co_filename:
+            caller = sys._getframe(1).f_code.co_filename
+            if allowed is not None and caller.endswith("entrgi/host_flag.py"):
+                allowed.append(name)
+                return saved[name](self, *args, **kwargs)
+            if "torch/optim" in caller:
                 return saved[name](self, *args, **kwargs)
             raise AssertionError(f"Tensor.{name} called inside the denoising loop")
 
@@ -60,13 +66,14 @@ def test_the_guard_catches_a_host_read():
 PROMPTS = ["Describe the cat.", "Why is the old robot happy?"]
 
 
-def _denoise_reading_nothing(model, guidance, schedule, temperature: float = 0.7, patched=None):
-    """Run the denoising loop on PROMPTS (K = 2, 6 tokens) with every host read raising, inside `patched`."""
+def _denoise_reading_nothing(model, guidance, schedule, temperature: float = 0.7, patched=None, allowed=None):
+    """Run the denoising loop on PROMPTS (K = 2, 6 tokens) with every host read raising (but `allowed`'s),
+    inside `patched`."""
     sampler = DiffusionSampler(SamplerConfig(num_samples=2, max_new_tokens=6, temperature=temperature), model=model,
                                schedule=schedule, guidance=guidance)
     canvas, attention = sampler.build_canvas([model.encode_prompt(p) for p in PROMPTS])
     guidance.begin_batch(PROMPTS, 2, 6)
-    with patched or contextlib.nullcontext(), host_reads_forbidden():
+    with patched or contextlib.nullcontext(), host_reads_forbidden(allowed):
         return sampler.denoise(canvas, attention, TrajectoryNoise.for_prompts(0, ["a", "b"], 2))
 
 
@@ -113,3 +120,28 @@ def test_smc_reads_nothing_back(random_model, random_reward, schedule, temperatu
     guidance = SMCGuidance(config, model=random_model, reward=random_reward)
     steps = _denoise_reading_nothing(random_model, guidance, schedule(ScheduleConfig(steps=4)), temperature).steps
     assert [("log_importance_mean" in row) for row in steps] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(("gate", "reads"), [(0.0, 4), (100.0, 2)])
+def test_the_entropy_gate_reads_one_flag_per_guided_step_until_every_gate_closed(random_model, random_reward, gate,
+                                                                                   reads):
+    """Open throughout (0 nats): one read per step. Closed at step 0 (above log V): step 0's and step 1's, then none."""
+    guidance = RewardGradientGuidance(guidance_config(rule="entrgi", entropy_gate=gate), model=random_model,
+                                      reward=random_reward)
+    allowed = []
+    steps = _denoise_reading_nothing(random_model, guidance, EntropySchedule(ScheduleConfig(steps=4)),
+                                     allowed=allowed).steps
+    assert len(allowed) == reads
+    guided = 4 if gate == 0 else 1
+    assert ["reward_curve" in row for row in steps] == [True] * guided + [False] * (4 - guided)
+
+
+@pytest.mark.parametrize("rule", [None, "entrgi"])
+def test_threshold_decoding_reads_one_flag_per_step(random_model, random_reward, rule):
+    """Whether anything is still masked, after each step's commit but the last; the loop stops at the first no."""
+    guidance = (RewardGradientGuidance(guidance_config(rule=rule), model=random_model, reward=random_reward)
+                if rule else NoGuidance())
+    allowed = []
+    schedule = MaskGitPlusSchedule(ScheduleConfig(steps=6, confidence_threshold=0.2))
+    steps = _denoise_reading_nothing(random_model, guidance, schedule, allowed=allowed).steps
+    assert len(allowed) == len(steps) - (len(steps) == 6)

@@ -34,7 +34,8 @@ class GuidanceContext:
     # the deterministic schedules; None for `origin`.
     planned: tuple[int, int] | None = None
     # [N, F] columns worth sampling and optimising: the masked ones when `planned` is known
-    # (their count is then fixed in advance), else all columns. Filled in from `masked`.
+    # (their count is then fixed in advance), else all columns. Filled in from `masked` unless given
+    # (the sampler gives every masked column plus committed ones up to `UnmaskSchedule.masked_bounds`).
     positions: torch.Tensor | None = None
 
     def __post_init__(self):
@@ -48,8 +49,8 @@ def masked_positions(masked: torch.Tensor, planned: tuple[int, int] | None) -> t
 
 
 def true_columns(mask: torch.Tensor, count: int | None) -> torch.Tensor:
-    """Column indices [N, count] of the True entries of mask [N, L] when every row holds `count` of them
-    (in column order), else (None) all L columns."""
+    """Column indices [N, count] of the True entries of mask [N, L] (in column order) when every row holds
+    `count` of them, else (None) all L columns. A row holding fewer gets False columns after its True ones."""
     if count is None:
         return torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return torch.sort(mask.to(torch.uint8), dim=-1, descending=True, stable=True).indices[:, :count]

@@ -18,6 +18,7 @@ import torch
 from entrgi.categorical import draw_logits, sample_nucleus
 from entrgi.compute import ComputeLedger
 from entrgi.guidance.base import Guidance, GuidanceConfig, GuidanceContext, Steered
+from entrgi.guidance.entropy_gate import EntropyGate
 from entrgi.guidance.mix import WEIGHT_RULES, lookup_rule, mix_weight, relaxed_embeddings, soft_distribution
 from entrgi.models import DiffusionLM
 from entrgi.noise import Stream
@@ -67,6 +68,7 @@ class RewardGradientConfig(GuidanceConfig):
     every: int = ranged(1, low=1)
     keep: Keep = Keep.last
     focus_margin: int | None = ranged(None, low=0, optional=True)
+    entropy_gate: float | None = ranged(None, low=0.0, optional=True)  # nats; None: guide every step
     eos_mask_from: EosMaskFrom = EosMaskFrom.argmax
     # Shared with the sampler by default: the hard draw and the commit step use the same τ and top-p.
     # 0 (a greedy sampler's): softmax(φ/0) is the one-hot argmax, whose gradient is zero, so the
@@ -90,6 +92,12 @@ class RewardGradientGuidance(Guidance):
             with the best relaxed RM score, the last one included (one more RM forward).
         focus_margin: optimise only the masked positions the schedule will commit this step
             (ranked by unguided confidence) plus this many more; None optimises all (the paper).
+            Needs counts planned in advance: with `origin` or `schedule.confidence_threshold` all
+            masked positions are optimised.
+        entropy_gate: guide a trajectory only until the first guided step where the mean entropy
+            (nats) of the dLLM's logits over its masked positions is below this; None guides
+            every step (the paper). One host read per guided step while any trajectory is
+            guided (`entrgi.guidance.entropy_gate`).
         eos_mask_from: which tokens decide the first EOS that hides the rest of the response
             from the RM: argmax of φ (the reference) or the sampled hard tokens.
         temperature, top_p, top_k: τ of the soft path and of the hard-token draw; top-p and top-k
@@ -121,11 +129,14 @@ class RewardGradientGuidance(Guidance):
         self.histogram = torch.zeros(HISTOGRAM_BINS, HISTOGRAM_BINS, device=self.table.device)
         self.layout = None
         self.ledger = ComputeLedger()
+        self.gate = None if config.entropy_gate is None else EntropyGate(config.entropy_gate)
 
     def begin_batch(self, prompts: list[str], num_samples: int, response_length: int) -> None:
         self.layout = self.reward.layout(prompts, num_samples, response_length)
         self.ledger = ComputeLedger()
         self.ledger.rm_forward(*self.layout.precomputed)
+        if self.gate is not None:
+            self.gate.begin_batch(len(prompts) * num_samples, self.table.device)
 
     def compute(self) -> ComputeLedger:
         """Per guided step: M RM forwards and backwards over the B·K rows, one more forward with `keep=best`;
@@ -171,6 +182,10 @@ class RewardGradientGuidance(Guidance):
         if context.step % self.config.every or self.config.temperature == 0 or self.config.M == 0:
             return Steered(logits=logits, stats={})
         masked, response = context.masked, context.response
+        if self.gate is not None:
+            if self.gate.closed():  # every gate closed at an earlier step: the float32 logits a closed row gets
+                return Steered(logits=logits.detach().float(), stats={})  # (bf16 draws would depend on the batch)
+            guided_rows = self.gate.update(logits, masked, context.positions)
         vocab = logits.shape[-1]
         phi_init = logits.detach().float()
         free = self._free_positions(logits, masked, context)  # [N, F]
@@ -229,7 +244,16 @@ class RewardGradientGuidance(Guidance):
             final = torch.where((last_scores > best_score)[:, None, None], final, best_phi)
         stats = {f"{key}_mean": value / self.config.M for key, value in sums.items()}
         stats["reward_curve"] = torch.stack(curve)
-        return Steered(logits=_put(phi_init, free, final), stats=stats)
+        steered = _put(phi_init, free, final)
+        if self.gate is not None:
+            stats["gate_open"] = guided_rows.float().mean()
+            steered = torch.where(guided_rows[:, None, None], steered, phi_init)
+        return Steered(logits=steered, stats=stats)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Move the entropy gates along with their particles (`entrgi.guidance.smc`)."""
+        if self.gate is not None:
+            self.gate.reorder(rows)
 
     def _targets(self, phi: torch.Tensor, tokens: torch.Tensor, free: torch.Tensor, free_masked: torch.Tensor,
                  weight: torch.Tensor) -> ResponseTargets:

@@ -117,6 +117,7 @@ class SMCGuidance(Guidance):
         return self.steering.resample(committed, importance_log_ratio(committed))
 
     def reorder(self, rows: torch.Tensor) -> None:
+        self.proposal.reorder(rows)
         self.steering.reorder(rows)
 
     def compute(self) -> ComputeLedger:
