@@ -24,11 +24,12 @@ from __future__ import annotations
 import torch
 
 from entrgi.models.diffusion_lm import CacheMode, DiffusionLM, KeysValues
+from entrgi.schedule import UnmaskSchedule
 from entrgi.validation import ConfigError
 
 
-def check_cache(mode: CacheMode | str, schedule, length: int) -> None:
-    """Raise ConfigError when `model.cache` is on and `schedule` (an `UnmaskSchedule`) has no blocks."""
+def check_cache(mode: CacheMode | str, schedule: UnmaskSchedule, length: int) -> None:
+    """Raise ConfigError when `model.cache` is on and `schedule` has no blocks (`UnmaskSchedule.block_span`)."""
     if mode != CacheMode.none and schedule.block_span(length, 0) is None:
         raise ConfigError(f"model.cache={mode} needs a block-wise schedule (schedule=low_confidence); "
                           f"{type(schedule).__name__} has none")
