@@ -15,6 +15,8 @@ the K responses (`RewardModel.score_texts(..., ledger=)`).
 * *Tokens* are rows × the width of what the network computes, padding included (the canvas's
   left padding, the RM's padded prefix and suffix, the right padding of a text batch). With the
   RM's prefix cache a guidance pass computes only [response | suffix], and counts only that.
+  With the dLLM's block cache (`model.cache`) a step inside a block computes the block and what
+  follows it ("prefix") or the block alone ("dual"), and counts only those columns.
 * *FLOPs* ≈ 2·N per token forward and 4·N per token backward (twice the forward), N the model's
   non-embedding parameters (`non_embedding_parameters`), as in Kaplan et al. 2020, *Scaling Laws
   for Neural Language Models*, arXiv 2001.08361, §2.1. An estimate: attention's

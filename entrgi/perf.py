@@ -83,14 +83,18 @@ class _Mark(torch.autograd.Function):
 
 
 def instrument(model, reward, clock: Clock) -> None:
-    """Wrap `model.logits` and `reward.score_embeds` (instance attributes) to time them."""
-    logits, score_embeds = model.logits, reward.score_embeds
+    """Wrap `model.logits`, `model.window_logits` (the forwards of `model.cache`) and `reward.score_embeds`
+    (instance attributes) to time them."""
+    score_embeds = reward.score_embeds
 
-    def timed_logits(*args, **kwargs):
-        start = clock.now()
-        out = logits(*args, **kwargs)
-        clock.add("dllm_forward", clock.now() - start)
-        return out
+    def timed_dllm(forward):
+        def timed(*args, **kwargs):
+            start = clock.now()
+            out = forward(*args, **kwargs)
+            clock.add("dllm_forward", clock.now() - start)
+            return out
+
+        return timed
 
     def timed_score_embeds(layout, response_embeds, visible, **targets):  # targets: reward=ar-likelihood
         start = clock.now()
@@ -100,7 +104,8 @@ def instrument(model, reward, clock: Clock) -> None:
         clock.add("rm_forward", clock.now() - start)
         return _Mark.apply(scores, clock, "rm_backward_start") if scores.requires_grad else scores
 
-    model.logits, reward.score_embeds = timed_logits, timed_score_embeds
+    model.logits, model.window_logits = timed_dllm(model.logits), timed_dllm(model.window_logits)
+    reward.score_embeds = timed_score_embeds
 
 
 def measure(cfg: DictConfig, model, reward, repeats: int, warmup: int) -> dict[str, Any]:
@@ -126,7 +131,7 @@ def measure(cfg: DictConfig, model, reward, repeats: int, warmup: int) -> dict[s
             if repeat >= warmup:
                 runs.append({"total": total, **{part: clock.seconds.get(part, 0.0) for part in PARTS}})
     finally:  # the wrappers are instance attributes: deleting them restores the methods
-        del model.logits, reward.score_embeds
+        del model.logits, model.window_logits, reward.score_embeds
     steps = schedule.steps
     per_step = {key: statistics.median(run[key] for run in runs) / steps for key in ("total", *PARTS)}
     per_step["overhead"] = statistics.median(run["total"] - sum(run[p] for p in PARTS) for run in runs) / steps

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from entrgi.benchmarks import Prompt, Truncate
+from entrgi.models.block_cache import check_cache
 from entrgi.models.diffusion_lm import encode_prompt, special_tokens
 from entrgi.rewards.reward_model import RewardModel, template_parts
 from entrgi.rewards.text import TextScorer
@@ -64,6 +65,8 @@ def check_job(cfg: DictConfig, schedule: Any = None) -> None:
     check_devices(cfg)
     check_reward(cfg)
     steps, length = OmegaConf.select(cfg, "schedule.steps"), OmegaConf.select(cfg, "sampler.max_new_tokens")
+    if schedule is not None and length is not None:
+        check_cache(OmegaConf.select(cfg, "model.cache", default="none"), schedule, length)
     if steps is not None and length is not None and steps > length:
         plan = schedule.planned_counts(length) if schedule is not None else None
         idle = f": {sum(1 for _, n in plan if n == 0)} of {steps} steps commit nothing" if plan else ""

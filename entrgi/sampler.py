@@ -7,7 +7,8 @@ reordered as the method asks (`Guidance.resample`). All randomness comes from co
 per-trajectory streams, so a prompt's samples do not depend on the batch it is in. Nothing in
 the loop reads a value back to the host: whether the dLLM's or the guided logits held a NaN or
 ±inf is kept on the device and read once the batch is done (`entrgi.nonfinite`), and each dLLM
-forward is counted from the canvas's shape (`entrgi.compute`; the guidance counts its own RM work).
+forward is counted from the rows and columns it ran over (`entrgi.compute`: fewer columns inside a
+block with `model.cache`, `entrgi.models.block_cache`; the guidance counts its own RM work).
 With `schedule.confidence_threshold` (off by default) the counts adapt and the loop ends once no
 position is masked: one host read per step, after the commit (`entrgi.host_flag`).
 """
@@ -23,7 +24,7 @@ from entrgi.compute import ComputeLedger
 from entrgi.guidance import Committed, Guidance, GuidanceContext
 from entrgi.guidance.base import true_columns
 from entrgi.host_flag import HostFlag
-from entrgi.models import DiffusionLM
+from entrgi.models import BlockCache, DiffusionLM, check_cache
 from entrgi.noise import Stream, TrajectoryNoise
 from entrgi.nonfinite import FirstNonFinite, NonFiniteLogits
 from entrgi.resampling import ancestor_rows
@@ -79,6 +80,7 @@ class DiffusionSampler:
         self.guidance = guidance
         self.num_samples, self.max_new_tokens = config.num_samples, config.max_new_tokens
         schedule.check_length(config.max_new_tokens)
+        check_cache(model.config.cache, schedule, config.max_new_tokens)
         # Computed once on the host: reading counts inside the loop would wait on the device.
         self.plan = schedule.planned_counts(config.max_new_tokens) or [None] * schedule.steps
         self.bounds = schedule.masked_bounds(config.max_new_tokens) or [None] * schedule.steps
@@ -140,11 +142,12 @@ class DiffusionSampler:
         compute = ComputeLedger()
         adaptive = self.schedule.config.confidence_threshold is not None
         masked_left = HostFlag(canvas.device) if adaptive else None
+        cache = BlockCache(self.model, self.model.config.cache)
         for step in range(self.schedule.steps):
             response = canvas[:, start:]
             masked = response == self.model.mask_token_id
-            logits = self.model.logits(canvas, attention, start)
-            compute.dllm_forward(*canvas.shape)
+            logits, width = cache.logits_and_width(canvas, attention, start, self.schedule.block_span(length, step))
+            compute.dllm_forward(canvas.shape[0], width)
             context = GuidanceContext(step, response, masked, noise, self.plan[step],
                                       true_columns(masked, self.bounds[step]))
             nonfinite.observe("dllm", step, logits)
@@ -176,20 +179,22 @@ class DiffusionSampler:
                     unguided=logits, commit=commit, planned=self.plan[step], temperature=temperature, top_p=top_p,
                     top_k=top_k,
                 )
-                stats |= self._resample(canvas, committed)
+                stats |= self._resample(canvas, committed, cache)
             per_step.append(stats)
             if finished:
                 break
         return Denoised(steps=per_step, nonfinite=nonfinite, compute=compute)
 
-    def _resample(self, canvas: torch.Tensor, committed: Committed) -> dict[str, torch.Tensor]:
-        """Reorder each prompt's rows as the guidance asks, with one gather; its statistics ({} without)."""
+    def _resample(self, canvas: torch.Tensor, committed: Committed, cache: BlockCache) -> dict[str, torch.Tensor]:
+        """Reorder each prompt's rows (and the dLLM's cache) as the guidance asks, with one gather; its statistics
+        ({} without)."""
         resampling = self.guidance.resample(committed)
         if resampling is None:
             return {}
         rows = ancestor_rows(resampling.ancestors, self.num_samples)
         canvas.copy_(canvas.index_select(0, rows))  # prompt and padding are equal within a group: only responses move
         self.guidance.reorder(rows)
+        cache.reorder(rows)
         return resampling.stats
 
     def _order_probs(self, unguided, guided, drawn_probs, rows) -> torch.Tensor:

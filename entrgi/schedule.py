@@ -146,6 +146,10 @@ class UnmaskSchedule:
         """Boolean [N, L]: the positions that may be committed at `step`."""
         return masked
 
+    def block_span(self, length: int, step: int) -> tuple[int, int] | None:
+        """Response columns [b0, b1) of the block `step` commits in, for a response of `length`; None: no blocks."""
+        return None
+
     def commit_count(self, candidates: torch.Tensor, step: int) -> torch.Tensor:
         """Positions to commit per trajectory [N]: floor(n · (1 − s/t)) in double, all that remain at the end."""
         n = candidates.sum(dim=-1)
@@ -263,6 +267,10 @@ class LowConfidenceSchedule(MaskGitPlusSchedule):
         block = self.config.block_length or length
         steps_per_block = self.steps // (length // block)
         return (step // steps_per_block) * block, block, step % steps_per_block, steps_per_block
+
+    def block_span(self, length, step):
+        start, size, _, _ = self._block(length, step)
+        return start, start + size
 
     def candidates(self, masked, step):
         start, size, _, _ = self._block(masked.shape[-1], step)

@@ -96,6 +96,7 @@ def cases(folder: Path) -> list[tuple[str, list[str], str]]:
         ("guidance.min_coverage above the coverage", ["guidance=entrgi", "guidance.min_coverage=0.99"],
          "guidance.min_coverage"),
         ("top_p out of range", ["sampler.top_p=1.5"], "sampler.top_p"),
+        ("a dLLM cache without blocks", ["model.cache=prefix"], "model.cache"),
         ("gradient guidance with a text reward", ["guidance=entrgi", "reward=regex", "reward.keywords=[fox]"],
          "reward=regex"),
         ("a pattern that is not a regular expression", ["reward=regex", "reward.patterns=[{pattern: 'a(b'}]"],

@@ -10,6 +10,8 @@ its memory, so it cannot hide a wait on the device (`entrgi.categorical` sorts t
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import sys
 
 import pytest
@@ -88,6 +90,18 @@ def test_denoise_reads_nothing_back(random_model, random_reward, rule, schedule)
     denoised = _denoise_reading_nothing(random_model, guidance, schedule(config))
     assert len(denoised.steps) == 4
     assert denoised.nonfinite.read() == {}
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_the_dllm_cache_reads_nothing_back(random_model, random_reward, mode):
+    """model.cache: block boundaries are host ints; fk reorders the cached rows on the device."""
+    cached = copy.copy(random_model)
+    cached.config = dataclasses.replace(random_model.config, cache=mode)
+    guidance = FKGuidance(FKConfig(resample_every=1, ess_threshold=1.0), model=cached, reward=random_reward)
+    denoised = _denoise_reading_nothing(cached, guidance, LowConfidenceSchedule(LowConfidenceConfig(steps=4,
+                                                                                                    block_length=3)))
+    assert len(denoised.steps) == 4
+    assert denoised.compute.dllm_forward_tokens < 4 * 4 * (6 + max(len(cached.encode_prompt(p)) for p in PROMPTS))
 
 
 @pytest.mark.parametrize("source", ["dllm", "guided"])

@@ -1,5 +1,6 @@
 """Masked diffusion language models."""
 
-from entrgi.models.diffusion_lm import DiffusionLM, DiffusionLMConfig
+from entrgi.models.block_cache import BlockCache, check_cache
+from entrgi.models.diffusion_lm import CacheMode, DiffusionLM, DiffusionLMConfig
 
-__all__ = ["DiffusionLM", "DiffusionLMConfig"]
+__all__ = ["BlockCache", "CacheMode", "DiffusionLM", "DiffusionLMConfig", "check_cache"]

@@ -9,6 +9,7 @@ with the causal flag turned off gives the same networks without executing downlo
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 import transformers
 from omegaconf import MISSING
+from transformers import DynamicCache
 from transformers.masking_utils import create_bidirectional_mask
 
 from entrgi.schemas import schema
@@ -28,12 +30,26 @@ from entrgi.weights import DType, resolve_checkpoint, resolve_device, resolve_dt
 # Keys of a remote-code config.json that must not reach transformers' own config class.
 _REMOTE_CONFIG_KEYS = ("model_type", "auto_map", "architectures", "transformers_version")
 
+# transformers 5.x renamed `past_key_values` to `cache` (the old name warns on every call).
+_CACHE = "cache" if "cache" in inspect.signature(create_bidirectional_mask).parameters else "past_key_values"
+
+# Per layer (keys, values) [N, heads, columns, head dim] of canvas columns a forward did not recompute.
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
+
 
 class Decode(StrEnum):
     """`model.decode`: which tokens of the response region become the final text (`DiffusionLMConfig`)."""
 
     whole = "whole"
     to_stop = "to_stop"
+
+
+class CacheMode(StrEnum):
+    """`model.cache`: the keys/values a step inside a semi-autoregressive block reuses (`entrgi.models.block_cache`)."""
+
+    none = "none"
+    prefix = "prefix"
+    dual = "dual"
 
 
 @schema("model")
@@ -65,6 +81,8 @@ class DiffusionLMConfig:
     # config.json settings that replace the checkpoint's; when set, the network is built from the config
     # with random weights on the device instead of loaded (`entrgi.shapes`, experiment=gpu-shapes).
     shapes: dict[str, Any] = field(default_factory=dict)
+    # Fast-dLLM's approximate key/value cache for block-wise schedules (`entrgi.models.block_cache`).
+    cache: CacheMode = CacheMode.none
 
 
 @schema("model", "hf")
@@ -99,6 +117,8 @@ class DiffusionLM:
         decode: "whole" (the authors' script) or "to_stop" (cut at the first stop token).
         shapes: config.json settings that replace the checkpoint's, for a network with random weights
             built on the device (`entrgi.shapes`); the tokenizer still comes from `path`.
+        cache: "none", or within a semi-autoregressive block reuse the keys/values of the columns
+            before it ("prefix") or of all but the block ("dual"), `entrgi.models.block_cache`.
     """
 
     def __init__(self, config: DiffusionLMConfig):
@@ -178,25 +198,47 @@ class DiffusionLM:
     def differentiable_logits(self, canvas: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
         """`logits` with autograd left on, so a dLLM is trained through the very forward that samples
         from it (the toy world's dLLM, `entrgi.toy`)."""
-        embeds = self.network.get_input_embeddings()(canvas)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        width = canvas.shape[1]
+        return self._forward(canvas, attention_mask, (0, width), (start, width))[0]
+
+    @torch.no_grad()
+    def window_logits(
+        self, canvas: torch.Tensor, attention_mask: torch.Tensor, queries: tuple[int, int], positions: tuple[int, int],
+        past: tuple[KeysValues, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, KeysValues]:
+        """Float32 logits [N, p1 - p0, V] of canvas positions `positions` = (p0, p1) from a forward over the
+        columns `queries` = (q0, q1) only, and the keys/values of that forward per layer, [past | q0..q1-1].
+
+        The queries attend to each other and to `past`: the keys/values of other columns (their positions
+        already applied) and those columns' key mask [N, P], in the same order. Exactly `logits` when
+        `queries` is the whole canvas and `past` None. With the logit shift, p0 - 1 >= q0 (position p0 reads
+        the output at p0 - 1; position 0 its own) and p1 <= q1 + 1; without, q0 <= p0 and p1 <= q1.
+        """
+        return self._forward(canvas, attention_mask, queries, positions, past, keep=True)
+
+    def _forward(self, canvas, attention_mask, queries, positions, past=None, keep=False):
+        (q0, q1), (p0, p1) = queries, positions
+        embeds = self.network.get_input_embeddings()(canvas[:, q0:q1])
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, q0:q1]
+        cache = DynamicCache(past[0]) if past is not None else (DynamicCache() if keep else None)
+        keys = attention_mask[:, q0:q1] if past is None else torch.cat([past[1], attention_mask[:, q0:q1]], dim=1)
         # A prepared (4-D) mask is used as given by every decoder class; never skipped, because
         # "no mask" would make the decoder fall back to its causal default.
         mask = create_bidirectional_mask(
-            config=self.network.config, inputs_embeds=embeds, attention_mask=attention_mask,
-            allow_is_bidirectional_skip=False,
+            config=self.network.config, inputs_embeds=embeds, attention_mask=keys,
+            allow_is_bidirectional_skip=False, **{_CACHE: cache},
         )
-        hidden = self.network.get_decoder()(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids
-        ).last_hidden_state
-        first = start - 1 if self.logit_shift else start
-        last = hidden.shape[1] - 1 if self.logit_shift else hidden.shape[1]
-        if first < 0:  # position 0 keeps its own output under the shift
-            hidden = torch.cat([hidden[:, :1], hidden[:, :last]], dim=1)
+        out = self.network.get_decoder()(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=keep, **{_CACHE: cache},
+        )
+        hidden = out.last_hidden_state
+        if self.logit_shift and p0 == 0:  # position 0 keeps its own output under the shift
+            hidden = torch.cat([hidden[:, :1], hidden[:, : p1 - 1 - q0]], dim=1)
         else:
-            hidden = hidden[:, first:last]
-        return self.network.get_output_embeddings()(hidden).float()
-
+            shift = int(self.logit_shift)
+            hidden = hidden[:, p0 - shift - q0 : p1 - shift - q0]
+        logits = self.network.get_output_embeddings()(hidden).float()
+        return logits, ([(k, v) for k, v, *_ in getattr(out, _CACHE)] if keep else [])
 
 def encode_prompt(tokenizer, prompt: str, template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
     """Token ids of `prompt` in the dLLM's chat template (called with `template_kwargs`, e.g.
