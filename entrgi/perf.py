@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from entrgi.categorical import draw_logits, sample_nucleus
 from entrgi.cli import describe, hydra_command
 from entrgi.components import build
-from entrgi.guidance.mix import entropy, entropy_weight, relaxed_embeddings
+from entrgi.guidance.mix import entropy, entropy_weight, relaxed_embeddings, soft_distribution
 from entrgi.noise import TrajectoryNoise
 from entrgi.rewards import RewardModel
 from entrgi.rewards.vocab_bridge import BridgedReward
@@ -110,7 +110,7 @@ def instrument(model, reward, clock: Clock) -> None:
 
 def measure(cfg: DictConfig, model, reward, repeats: int, warmup: int) -> dict[str, Any]:
     """Seconds per denoising step by part (medians over repeats) for the guidance in `cfg`."""
-    schedule, guidance, sampler = _components(cfg, model, reward)
+    _, guidance, sampler = _components(cfg, model, reward)
     prompts = build(cfg.benchmark).prompts()[: cfg.sampler.batch_size]
     texts, ids = [p.text for p in prompts], [p.id for p in prompts]
     clock = Clock(model.device)
@@ -126,15 +126,15 @@ def measure(cfg: DictConfig, model, reward, repeats: int, warmup: int) -> dict[s
             guidance.begin_batch(texts, sampler.num_samples, sampler.max_new_tokens)
             clock.seconds.clear()
             start = clock.now()
-            sampler.denoise(canvas, attention, noise)
+            steps_run = len(sampler.denoise(canvas, attention, noise).steps)  # < schedule.steps if a threshold ends it
             total = clock.now() - start
             if repeat >= warmup:
-                runs.append({"total": total, **{part: clock.seconds.get(part, 0.0) for part in PARTS}})
+                runs.append({"total": total, "steps": steps_run, **{p: clock.seconds.get(p, 0.0) for p in PARTS}})
     finally:  # the wrappers are instance attributes: deleting them restores the methods
         del model.logits, model.window_logits, reward.score_embeds
-    steps = schedule.steps
-    per_step = {key: statistics.median(run[key] for run in runs) / steps for key in ("total", *PARTS)}
-    per_step["overhead"] = statistics.median(run["total"] - sum(run[p] for p in PARTS) for run in runs) / steps
+    steps = statistics.median(run["steps"] for run in runs)
+    per_step = {key: statistics.median(run[key] / run["steps"] for run in runs) for key in ("total", *PARTS)}
+    per_step["overhead"] = statistics.median((run["total"] - sum(run[p] for p in PARTS)) / run["steps"] for run in runs)
     tokens = canvas.shape[0] * sampler.max_new_tokens
     peak = torch.cuda.max_memory_allocated(model.device) if model.device.type == "cuda" else clock.peak_rss
     return {
@@ -164,7 +164,8 @@ def time_operations(cfg: DictConfig, model, reward, repeats: int) -> dict[str, A
         nucleus: `sample_nucleus` of the commit draw's logits (φ/τ, <mask> excluded) at the sampler's top-p/top-k;
         softmax: softmax(φ) in float32;
         entropy: `entropy(φ)`;
-        soft_embedding: `relaxed_embeddings` (EntRGi weight, entropy given) forward and backward into φ;
+        soft_embedding: `soft_distribution` and `relaxed_embeddings` (EntRGi weight), forward and backward into φ,
+            as a guidance iteration runs them;
         ranking: the schedule's confidence from the draw's distribution softmax(φ/τ) and the drawn tokens.
 
     A guided step runs the nucleus M + 1 times and the others about M times, over its masked positions.
@@ -178,7 +179,6 @@ def time_operations(cfg: DictConfig, model, reward, repeats: int) -> dict[str, A
     generator = torch.Generator(logits.device).manual_seed(cfg.seed)
     uniforms = torch.rand(logits.shape[:-1], generator=generator, device=logits.device)
     table = BridgedReward(model, reward).table
-    ent = entropy(logits)
     weight = entropy_weight(logits)
     tokens = sample_nucleus(scaled, uniforms, cfg.sampler.top_p, cfg.sampler.top_k)
     probs = torch.softmax(scaled, dim=-1)
@@ -186,7 +186,9 @@ def time_operations(cfg: DictConfig, model, reward, repeats: int) -> dict[str, A
 
     def soft_embedding():
         phi = logits.detach().requires_grad_(True)
-        relaxed_embeddings(phi, table, tokens, weight, temperature, entropy_nats=ent).embeds.backward(grad)
+        soft, ent = soft_distribution(phi, temperature)
+        mix = relaxed_embeddings(phi, table, tokens, weight, temperature, entropy_nats=ent, soft_probs=soft)
+        mix.embeds.backward(grad)
 
     operations = {
         "nucleus": lambda: sample_nucleus(scaled, uniforms, cfg.sampler.top_p, cfg.sampler.top_k),

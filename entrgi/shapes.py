@@ -15,6 +15,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from entrgi.random_world import NOISE, ZIPF, peak_distributions
+from entrgi.validation import ConfigError
 
 
 def shaped_config(config_cls: type[PretrainedConfig], settings: dict[str, Any], shapes: dict[str, Any]
@@ -27,12 +28,15 @@ def shaped_config(config_cls: type[PretrainedConfig], settings: dict[str, Any], 
     return config_cls(**merged)
 
 
-def random_network(model_cls, config: PretrainedConfig, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+def random_network(model_cls, config: PretrainedConfig, device: torch.device, dtype: torch.dtype,
+                   trust_remote_code: bool = False) -> PreTrainedModel:
     """`model_cls` (a transformers model class, or an Auto class) of `config`, its weights allocated and
-    initialised at random on `device` in `dtype` (no CPU copy, no checkpoint)."""
+    initialised at random on `device` in `dtype` (no CPU copy, no checkpoint). `trust_remote_code` is passed
+    to an Auto class (`reward.trust_remote_code`)."""
     with torch.device(device):
-        make = getattr(model_cls, "from_config", None) or model_cls._from_config
-        return make(config, dtype=dtype)
+        if hasattr(model_cls, "from_config"):  # an Auto class
+            return model_cls.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+        return model_cls._from_config(config, dtype=dtype)
 
 
 def random_dllm(model_cls, config: PretrainedConfig, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
@@ -44,5 +48,10 @@ def random_dllm(model_cls, config: PretrainedConfig, device: torch.device, dtype
     there, which decodes to nothing and reaches the RM as its unknown (or EOS) token.
     """
     network = random_network(model_cls, config, device, dtype)
+    layers = getattr(getattr(network, "model", None), "layers", [])
+    if not all(hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in layers) or not layers:
+        raise ConfigError(f"model.shapes: a random dLLM needs a Qwen2, Qwen3 or Llama layout (model.layers[i]."
+                          f"self_attn, .mlp) for its peaked distributions; model.backbone={type(network).__name__} "
+                          "has another")
     peak_distributions(network, config.vocab_size, ZIPF, NOISE)
     return network

@@ -168,7 +168,8 @@ class RewardGradientGuidance(Guidance):
         return torch.where(masked, confidence, torch.full_like(confidence, -1.0)).topk(focus, dim=-1).indices
 
     def _relax(self, phi: torch.Tensor, positions: torch.Tensor, context: GuidanceContext, iteration: int):
-        """The RM input at `positions` from their logits phi [N, F, V]: (mix, hard tokens, entropy, w)."""
+        """The RM input at `positions` from their logits phi [N, F, V]: (mix, hard tokens, entropy, w, and
+        q = softmax(φ/τ) [N, F, V], detached)."""
         current, temperature = phi.detach(), self.config.temperature
         soft, ent = soft_distribution(phi, temperature)  # at τ = 1 one log-softmax gives both
         weight = mix_weight(self.config.rule, current, entropy_nats=ent)
@@ -176,7 +177,7 @@ class RewardGradientGuidance(Guidance):
         uniforms = context.noise.uniform(Stream.GUIDANCE_TOKEN, context.step, context.masked.shape[-1], iteration)
         hard = sample_nucleus(scaled, uniforms.gather(1, positions), self.config.top_p, self.config.top_k)
         mix = relaxed_embeddings(phi, self.table, hard, weight, temperature, entropy_nats=ent, soft_probs=soft)
-        return mix, hard, ent, weight
+        return mix, hard, ent, weight, soft.detach()
 
     def steer(self, logits: torch.Tensor, context: GuidanceContext) -> Steered:
         if context.step % self.config.every or self.config.temperature == 0 or self.config.M == 0:
@@ -199,7 +200,7 @@ class RewardGradientGuidance(Guidance):
         outside = self._outside_focus(masked, free, context)
         if outside is not None:
             rest = phi_init.gather(1, outside.unsqueeze(-1).expand(-1, -1, vocab))
-            mix, hard, _, _ = self._relax(rest, outside, context, iteration=0)
+            mix, hard, *_ = self._relax(rest, outside, context, iteration=0)
             base_embeds = _put(base_embeds, outside, mix.embeds.detach().to(base_embeds.dtype))
             base_tokens = base_tokens.scatter(1, outside, hard)
             if self.config.eos_mask_from == "sampled":
@@ -208,7 +209,7 @@ class RewardGradientGuidance(Guidance):
         rm_pass = response.shape[0], self.layout.pass_width(response.shape[1])  # (rows, width) of an RM pass
 
         def score(iteration: int):
-            mix, hard, ent, weight = self._relax(phi, free, context, iteration)
+            mix, hard, ent, weight, soft = self._relax(phi, free, context, iteration)
             embeds = torch.where(masked.unsqueeze(-1), _put(base_embeds, free, mix.embeds.to(base_embeds.dtype)),
                                  base_embeds)
             drawn = phi.detach().argmax(-1) if self.config.eos_mask_from == "argmax" else hard
@@ -218,7 +219,7 @@ class RewardGradientGuidance(Guidance):
             targets = {}
             if self.reward.reads_tokens:  # ar-likelihood: the targets relaxed as the inputs are
                 tokens = torch.where(masked, base_tokens.scatter(1, free, hard), response)
-                targets["targets"] = self._targets(phi, tokens, free, free_masked, weight)
+                targets["targets"] = self._targets(soft, tokens, free, free_masked, weight)
             return self.reward.score_embeds(self.layout, embeds, visible, **targets), mix, ent, weight
 
         best_phi = phi.detach().clone()
@@ -255,14 +256,13 @@ class RewardGradientGuidance(Guidance):
         if self.gate is not None:
             self.gate.reorder(rows)
 
-    def _targets(self, phi: torch.Tensor, tokens: torch.Tensor, free: torch.Tensor, free_masked: torch.Tensor,
+    def _targets(self, q: torch.Tensor, tokens: torch.Tensor, free: torch.Tensor, free_masked: torch.Tensor,
                  weight: torch.Tensor) -> ResponseTargets:
         """The likelihood targets of a reward that reads tokens, in RM ids: the hard `tokens` [N, L] (dLLM ids)
-        everywhere, relaxed at the masked `free` positions [N, F] by q = softmax(φ/τ) of their logits phi
-        [N, F, V] (detached, carried into the RM vocabulary through the bridge's token mapping) and the mix
-        weight w [N, F] (`entrgi.rewards.ar_likelihood`)."""
+        everywhere, relaxed at the masked `free` positions [N, F] by q = softmax(φ/τ) [N, F, V] of their logits
+        (detached, the soft embedding's; carried into the RM vocabulary through the bridge's token mapping) and
+        the mix weight w [N, F] (`entrgi.rewards.ar_likelihood`)."""
         mapping = self.bridged.token_mapping
-        q = torch.softmax(phi.detach().float() / self.config.temperature, dim=-1)
         probs = q.new_zeros(*q.shape[:-1], self.reward.embedding_table.shape[0])
         probs.scatter_add_(-1, mapping.expand_as(q), q)
         return ResponseTargets(mapping[tokens], free, free_masked, probs, weight)

@@ -173,7 +173,7 @@ class RewardModel:
         if config.shapes:
             checkpoint = transformers.AutoConfig.from_pretrained(folder, **self.load_options, trust_remote_code=remote)
             shaped = shaped_config(type(checkpoint), checkpoint.to_dict(), config.shapes)
-            self.network = random_network(self.network_class, shaped, self.device, dtype)
+            self.network = random_network(self.network_class, shaped, self.device, dtype, trust_remote_code=remote)
         else:
             self.network = self.network_class.from_pretrained(folder, **self.load_options, dtype=dtype,
                                                               trust_remote_code=remote)
